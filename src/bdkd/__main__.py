@@ -1,0 +1,7 @@
+"""``python -m bdkd`` runs the command line."""
+
+import sys
+
+from bdkd.cli import main
+
+sys.exit(main())
