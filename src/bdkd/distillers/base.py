@@ -1,0 +1,138 @@
+"""The Distiller contract and the registry of distillation methods.
+
+A Distiller is an ``nn.Module`` that owns the networks of one method:
+
+- ``networks``: name -> module (``teacher``/``student``, or several peers);
+- ``trainable``: the names that get an optimizer; ``deployed``: the network reported as the
+  student;
+- ``forward(inputs, labels, epoch)`` runs every network once on the batch and returns a
+  :class:`DistillerOutput`: the logits per network and, per trainable network, a dict of
+  named, already weighted loss terms. Targets taken from another network are detached here.
+
+The engine adds every term, runs one backward pass, steps each network's optimizer and logs
+every term; it knows nothing of any method, and a method knows nothing of the loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class DistillerOutput:
+    """Logits per network, named loss terms per trainable network, and diagnostics."""
+
+    logits: dict[str, Tensor]
+    losses: dict[str, dict[str, Tensor]]
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    """Detached values worth logging that are not losses (e.g. BD-KD's weights)."""
+
+    def total(self) -> Tensor:
+        """The sum of every term of every network: what one backward pass differentiates."""
+        terms = [t for per_net in self.losses.values() for t in per_net.values()]
+        return torch.stack([t.float() for t in terms]).sum()
+
+    def flat_terms(self) -> dict[str, Tensor]:
+        """``{"network/term": value}`` for logging."""
+        return {f"{net}/{name}": t for net, per in self.losses.items() for name, t in per.items()}
+
+
+class Distiller(nn.Module):
+    """Owns the networks of one method and turns their logits into named loss terms."""
+
+    def __init__(
+        self,
+        networks: Mapping[str, nn.Module],
+        *,
+        trainable: tuple[str, ...],
+        deployed: str,
+    ) -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("a distiller needs at least one network")
+        self.networks = nn.ModuleDict(dict(networks))
+        for name in (*trainable, deployed):
+            if name not in self.networks:
+                raise ValueError(f"network {name!r} is not among {sorted(self.networks)}")
+        self.trainable = tuple(trainable)
+        self.deployed = deployed
+        for name, net in self.networks.items():
+            if name not in self.trainable:
+                net.requires_grad_(False)
+                net.eval()
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Networks that never train (e.g. an offline teacher)."""
+        return tuple(n for n in self.networks if n not in self.trainable)
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Set train/eval mode; frozen networks always stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen:
+            self.networks[name].eval()
+        return self
+
+    def extra_modules(self, network: str) -> list[nn.Module]:
+        """Modules owned by the method that train with ``network`` (e.g. an auxiliary head)."""
+        return []
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters per trainable network (each gets its own optimizer)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name in self.trainable:
+            modules = [self.networks[name], *self.extra_modules(name)]
+            groups[name] = [p for m in modules for p in m.parameters() if p.requires_grad]
+        return groups
+
+    def run_networks(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Each network's logits on ``inputs``, once; frozen networks without autograd."""
+        logits = {}
+        for name, net in self.networks.items():
+            if name in self.trainable:
+                logits[name] = net(inputs)
+            else:
+                with torch.no_grad():
+                    logits[name] = net(inputs)
+        return logits
+
+    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
+        """Run every network once and return logits and named loss terms."""
+        raise NotImplementedError
+
+
+DISTILLERS: dict[str, type[Distiller]] = {}
+
+
+def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: make a Distiller selectable by ``name`` in :func:`create_distiller`."""
+
+    def decorate(cls: type[Distiller]) -> type[Distiller]:
+        if name in DISTILLERS:
+            raise ValueError(f"distiller {name!r} is already registered")
+        DISTILLERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def distiller_hparams(cls: type[Distiller]) -> dict[str, object]:
+    """Keyword hyper-parameters of a distiller class with their defaults."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        p.name: (None if p.default is p.empty else p.default)
+        for p in params.values()
+        if p.kind == p.KEYWORD_ONLY
+    }
+
+
+def default_deployed(names: list[str], deployed: str | None) -> str:
+    """``deployed`` if given, else ``student`` when present, else the last network."""
+    if deployed is not None:
+        return deployed
+    return "student" if "student" in names else names[-1]

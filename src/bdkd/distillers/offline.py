@@ -1,0 +1,97 @@
+"""Offline distillation: a frozen teacher, a student trained on CE + one objective."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bdkd.distillers.base import Distiller, DistillerOutput, register_distiller
+from bdkd.losses import get_objective, standardize_logits
+
+
+@register_distiller("offline")
+class OfflineDistiller(Distiller):
+    """``ce_weight CE(y, q) + distill_weight * warm-up(epoch) * objective(s, t)``.
+
+    ``objective`` names any registered objective (kd, dkd, nkd, bdd, abkd, dist, bdkd, ...);
+    its hyper-parameters go in ``objective_kwargs``. ``warmup_epochs`` (default: the
+    objective's paper value, 20 for DKD, else 0) scales the distillation term by
+    ``min((epoch + 1) / warmup_epochs, 1)`` with ``epoch`` counted from 0.
+    ``logit_standardization`` standardizes both networks' logits before the objective (not
+    before CE). The teacher is frozen: eval mode, no gradients.
+    """
+
+    def __init__(
+        self,
+        networks: Mapping[str, nn.Module],
+        *,
+        objective: str = "kd",
+        ce_weight: float = 1.0,
+        distill_weight: float = 1.0,
+        warmup_epochs: int | None = None,
+        logit_standardization: bool = False,
+        objective_kwargs: Mapping[str, object] | None = None,
+    ) -> None:
+        missing = {"teacher", "student"} - set(networks)
+        if missing:
+            raise ValueError(
+                f"offline distillation needs networks 'teacher' and 'student'; missing {sorted(missing)}"
+            )
+        super().__init__(networks, trainable=("student",), deployed="student")
+        self.objective = get_objective(objective)
+        self.objective_kwargs = dict(objective_kwargs or {})
+        # fail at construction, not at the first step, on a wrong hyper-parameter
+        unknown = sorted(set(self.objective_kwargs) - set(self.objective.hparams))
+        missing_hp = sorted(k for k in self.objective.required if k not in self.objective_kwargs)
+        if unknown or missing_hp:
+            raise ValueError(
+                f"objective {objective!r}: unknown hyper-parameter(s) {unknown}, missing "
+                f"{missing_hp}; allowed: {sorted(self.objective.hparams)}"
+            )
+        self.ce_weight = ce_weight
+        self.distill_weight = distill_weight
+        self.warmup_epochs = (
+            self.objective.warmup_epochs if warmup_epochs is None else int(warmup_epochs)
+        )
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        self.logit_standardization = logit_standardization
+
+    def warmup_factor(self, epoch: int) -> float:
+        """Linear warm-up of the distillation term."""
+        if self.warmup_epochs == 0:
+            return 1.0
+        return min((epoch + 1) / self.warmup_epochs, 1.0)
+
+    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
+        logits = self.run_networks(inputs)
+        student, teacher = logits["student"], logits["teacher"].detach()
+        s, t = student, teacher
+        if self.logit_standardization:
+            s, t = standardize_logits(s), standardize_logits(t)
+        distill = self.objective(s, t, labels, **self.objective_kwargs)
+        terms = {
+            "ce": self.ce_weight * F.cross_entropy(student.float(), labels),
+            self.objective.name: self.distill_weight * self.warmup_factor(epoch) * distill,
+        }
+        return DistillerOutput(logits=logits, losses={"student": terms})
+
+
+@register_distiller("scratch")
+class ScratchDistiller(Distiller):
+    """The no-distillation baseline: the student alone, trained with cross-entropy."""
+
+    def __init__(self, networks: Mapping[str, nn.Module], *, ce_weight: float = 1.0) -> None:
+        if "student" not in networks:
+            raise ValueError("scratch training needs a network named 'student'")
+        super().__init__(
+            {"student": networks["student"]}, trainable=("student",), deployed="student"
+        )
+        self.ce_weight = ce_weight
+
+    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
+        logits = self.run_networks(inputs)
+        ce = self.ce_weight * F.cross_entropy(logits["student"].float(), labels)
+        return DistillerOutput(logits=logits, losses={"student": {"ce": ce}})

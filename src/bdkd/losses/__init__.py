@@ -1,0 +1,35 @@
+"""Distillation objectives built on :mod:`bdkd.divergences`.
+
+Each returns the distillation term only, averaged over rows; the caller adds cross-entropy.
+Importing this package registers every offline objective (see :mod:`.registry`).
+"""
+
+from bdkd.losses.abkd import abkd_loss
+from bdkd.losses.bdd import bdd_loss
+from bdkd.losses.bdkd import bdkd_student_loss, bdkd_weights
+from bdkd.losses.dist import dist_loss
+from bdkd.losses.dkd import dkd_loss
+from bdkd.losses.kd import kd_loss
+from bdkd.losses.nkd import nkd_loss
+from bdkd.losses.registry import OBJECTIVES, Objective, get_objective, register_objective
+from bdkd.losses.standardize import standardize_logits
+from bdkd.losses.uskd import uskd_loss, uskd_terms, zipf_non_target
+
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "abkd_loss",
+    "bdd_loss",
+    "bdkd_student_loss",
+    "bdkd_weights",
+    "dist_loss",
+    "dkd_loss",
+    "get_objective",
+    "kd_loss",
+    "nkd_loss",
+    "register_objective",
+    "standardize_logits",
+    "uskd_loss",
+    "uskd_terms",
+    "zipf_non_target",
+]
