@@ -82,7 +82,7 @@ def _measure(fn_name: str, rows: int, cols: int, chunk: int | None, device: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--functions", nargs="+", default=FUNCTIONS)
     parser.add_argument(

@@ -1,0 +1,73 @@
+"""Batches from in-memory uint8 tensors, without per-sample Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from bdkd.data.base import ArraySplit
+
+
+class InMemoryLoader:
+    """Iterates (images uint8, labels) batches of a split held in memory.
+
+    The split is moved to ``device`` once; each epoch's order is a permutation drawn from
+    ``seed`` and the epoch number, so any epoch can be replayed exactly (resume).
+    """
+
+    def __init__(
+        self,
+        split: ArraySplit,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.shuffle, self.drop_last, self.seed = (
+            batch_size,
+            shuffle,
+            drop_last,
+            seed,
+        )
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration uses."""
+        self.epoch = epoch
+
+    def _indices(self) -> Tensor:
+        n = self.labels.shape[0]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
+            total = per_rank * self.world_size
+            if total > n:  # pad by wrapping around so every rank gets the same count
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank : total : self.world_size]
+        return order.to(self.labels.device)
+
+    def __len__(self) -> int:
+        n = len(self._indices()) if self.world_size > 1 else self.labels.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self._indices()
+        stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        for start in range(0, stop, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.images[idx], self.labels[idx]

@@ -1,0 +1,122 @@
+"""The model contract and the model registry.
+
+Every model of the zoo is a :class:`ZooModel`: ``forward(x)`` gives logits, and
+``forward_with_features(x)`` gives ``(feature, logits)`` with ``feature`` the global-average
+pooled output of the second-to-last stage (what USKD's auxiliary head reads), of width
+``feature_dim``. ``num_classes`` is an attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class ZooModel(nn.Module):
+    """A classifier that exposes its intermediate feature.
+
+    Subclasses implement ``stages(x) -> (middle, pooled)``: ``middle`` the output of the
+    second-to-last stage (N, D, H, W) or (N, D), ``pooled`` the final (N, F) vector that
+    ``self.classifier`` maps to logits.
+    """
+
+    num_classes: int
+    feature_dim: int
+    classifier: nn.Module
+
+    def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.stages(x)[1])
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        middle, pooled = self.stages(x)
+        feature = middle.mean(dim=(2, 3)) if middle.dim() == 4 else middle
+        return feature, self.classifier(pooled)
+
+
+ModelFactory = Callable[..., nn.Module]
+
+
+class _Entry:
+    def __init__(self, factory: ModelFactory, input_size: int, family: str) -> None:
+        self.factory, self.input_size, self.family = factory, input_size, family
+
+
+MODELS: dict[str, _Entry] = {}
+
+
+def register_model(
+    name: str, *, input_size: int = 32, family: str = "cifar"
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory ``fn(num_classes, **kwargs) -> nn.Module`` under ``name``.
+
+    ``input_size`` is the image side the model is built for (32 for the CIFAR zoo, 28 for
+    the Fashion-MNIST/MNIST CNNs, 8 for the digits MLP).
+    """
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = _Entry(factory, input_size, family)
+        return factory
+
+    return decorate
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`create_model` (plus ``timm:<name>`` and ``torchvision:<name>``)."""
+    return sorted(MODELS)
+
+
+def model_input_size(name: str) -> int | None:
+    """The image side a registered model is built for; None for timm/torchvision models."""
+    entry = MODELS.get(name)
+    return entry.input_size if entry else None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
+    """Build the model registered as ``name`` for ``num_classes`` classes.
+
+    ``timm:<name>`` and ``torchvision:<name>`` build models of those packages when they are
+    installed (``pip install bdkd[timm]`` / ``bdkd[torchvision]``); they are wrapped so that
+    ``forward_with_features`` works too.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if name.startswith("timm:") or name.startswith("torchvision:"):
+        from bdkd.models.external import create_external
+
+        return create_external(name, num_classes, **kwargs)
+    try:
+        entry = MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; available: {available_models()} "
+            "(or timm:<name>, torchvision:<name>)"
+        ) from None
+    return entry.factory(num_classes=num_classes, **kwargs)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convolutions, unit BN, zero biases (the zoo's usual initialisation)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _flatten_pool(x: Tensor) -> Tensor:
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)

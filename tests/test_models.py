@@ -1,0 +1,91 @@
+"""Model zoo: every model builds, runs forward and backward, and has the published size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bdkd.models import available_models, count_parameters, create_model, model_input_size
+
+# Parameter counts at 100 classes; the published zoo (CRD) rounds them to 0.01M.
+PUBLISHED = {
+    "resnet20": 278_324,
+    "resnet32": 472_756,
+    "resnet56": 861_620,
+    "resnet110": 1_736_564,
+    "resnet8x4": 1_233_540,
+    "resnet32x4": 7_433_860,
+    "wrn_16_2": 703_284,
+    "wrn_40_1": 569_780,
+    "wrn_40_2": 2_255_156,
+    "vgg8": 3_965_028,
+    "vgg13": 9_462_180,
+    "mobilenetv2": 812_836,
+    "shufflenetv1": 949_258,
+    "shufflenetv2": 1_356_104,
+}
+ROUNDED_MILLIONS = {
+    "resnet56": 0.86,
+    "resnet110": 1.74,
+    "resnet8x4": 1.23,
+    "resnet32x4": 7.43,
+    "wrn_40_2": 2.26,
+    "wrn_16_2": 0.70,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_are_exact(name):
+    assert count_parameters(create_model(name, 100)) == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDED_MILLIONS))
+def test_parameter_counts_match_the_published_table(name):
+    assert round(count_parameters(create_model(name, 100)) / 1e6, 2) == ROUNDED_MILLIONS[name]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_model_runs_forward_and_backward_with_features(name):
+    size = model_input_size(name)
+    channels = 3 if size == 32 else 1
+    classes = 100 if size == 32 else 10
+    torch.manual_seed(0)
+    model = create_model(name, classes)
+    x = torch.randn(2, channels, size, size)
+    feature, logits = model.forward_with_features(x)
+    assert logits.shape == (2, classes)
+    assert feature.shape == (2, model.feature_dim)
+    assert model.num_classes == classes
+    torch.testing.assert_close(model(x), logits)
+    (logits.sum() + feature.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_small_cnn_sizes_and_other_inputs():
+    sizes = [
+        count_parameters(create_model(f"cnn_{w}", 10)) for w in ("tiny", "small", "medium", "large")
+    ]
+    assert sizes == sorted(sizes) and sizes[-1] > 40 * sizes[0]
+    # the CNNs accept other channel counts and sizes (e.g. 3x32x32)
+    model = create_model("cnn_small", 10, in_channels=3)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_vgg_and_resnet_accept_64px_inputs():
+    for name in ("vgg8", "resnet20", "wrn_16_1"):
+        assert create_model(name, 200)(torch.randn(1, 3, 64, 64)).shape == (1, 200)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet9'"):
+        create_model("resnet9", 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("resnet20", 1)
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        with pytest.raises(ImportError, match=r"pip install 'bdkd\[timm\]'"):
+            create_model("timm:resnet18", 10)
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(ImportError, match="torchvision"):
+            create_model("torchvision:resnet18", 10)
