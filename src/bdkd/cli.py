@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import bdkd
 
@@ -118,6 +119,100 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_run_dir(config_path: str, cfg: object) -> Path:
+    name = cfg.output.name or f"{Path(config_path).stem}-seed{cfg.train.seed}"
+    return Path(cfg.output.dir) / name
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bdkd.config import load_config, read_yaml, validate
+    from bdkd.engine import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(
+                f"{run_dir}: no config.yaml, so it is not a bdkd run directory to resume"
+            )
+        if args.config or args.overrides:
+            raise ValueError(
+                "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
+            )
+        cfg = validate(read_yaml(run_dir / "config.yaml"))
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise FileNotFoundError(
+                f"{run_dir}: no checkpoints/last.pt yet; start it again with --force"
+            )
+        trainer = Trainer(cfg, run_dir, resume=True)
+        print(
+            f"resuming {run_dir} at epoch {trainer.start_epoch + 1}/{cfg.train.epochs}",
+            file=sys.stderr,
+        )
+    else:
+        if not args.config:
+            raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else _default_run_dir(args.config, cfg)
+        trainer = Trainer(cfg, run_dir, force=args.force)
+    summary = trainer.fit()
+    from bdkd.report import markdown_table
+
+    print(markdown_table(summary["results"]))
+    print(f"run written to {run_dir} (report.md, reliability.png, summary.json, metrics.jsonl)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from bdkd.engine.evaluate import evaluate_checkpoint
+    from bdkd.report import markdown_table
+
+    results, logits, labels = evaluate_checkpoint(
+        args.target,
+        split=args.split,
+        dataset=args.dataset,
+        root=args.root,
+        networks=args.network,
+        device=args.device,
+        bins=args.bins,
+    )
+    print(f"{args.target}: {args.split} split, {labels.shape[0]} samples, {args.bins} bins")
+    print(markdown_table(results))
+    if args.save_logits:
+        out = Path(args.save_logits)
+        if out.exists() and not args.force:
+            raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+        arrays = {"labels": labels.numpy()}
+        if len(logits) == 1:
+            arrays["logits"] = next(iter(logits.values())).numpy()
+        for name, z in logits.items():
+            arrays[f"logits_{name}"] = z.numpy()
+        np.savez(out, **arrays)
+        print(f"logits written to {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bdkd.report import compare_runs
+
+    print(compare_runs(args.runs, args.figure, all_networks=args.all_networks))
+    if args.figure:
+        print(f"reliability figure written to {args.figure}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from bdkd.data import available_datasets
+    from bdkd.distillers import available_methods
+    from bdkd.models import available_models
+
+    print("methods: " + ", ".join(available_methods()))
+    print("models: " + ", ".join(available_models()) + ", timm:<name>, torchvision:<name>")
+    print("datasets: " + ", ".join(available_datasets()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bdkd`` with one sub-command per job."""
     parser = argparse.ArgumentParser(
@@ -145,19 +240,67 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--seed", type=int, default=0, help="seed of the fit/report split")
     calib.add_argument("--diagram", help="also write a reliability diagram PNG here")
     calib.set_defaults(func=_cmd_calibrate)
+
+    train = sub.add_parser(
+        "train",
+        help="train a distillation experiment from a config",
+        description="Train CONFIG (YAML) with optional dotted overrides, e.g. "
+        "bdkd train cfg.yaml train.epochs=5 method.temperature=2. The run directory is "
+        "output.dir/output.name (default runs/<config>-seed<seed>); an existing one is never "
+        "overwritten without --force.",
+    )
+    train.add_argument("config", nargs="?", help="the YAML config")
+    train.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint"
+    )
+    train.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    train.add_argument("--out", help="the run directory (overrides output.dir/output.name)")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint on a dataset split")
+    ev.add_argument("target", help="a run directory or a checkpoint file")
+    ev.add_argument("--split", default="test", choices=("test", "val"))
+    ev.add_argument("--dataset", help="another dataset with the same classes (default: the run's)")
+    ev.add_argument("--root", help="the dataset's directory")
+    ev.add_argument("--network", action="append", help="only this network (repeatable)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--bins", type=int, default=15)
+    ev.add_argument(
+        "--save-logits", help="write logits and labels to this .npz (for bdkd calibrate)"
+    )
+    ev.add_argument("--force", action="store_true", help="overwrite --save-logits")
+    ev.set_defaults(func=_cmd_eval)
+
+    cmp_ = sub.add_parser("compare", help="compare finished runs side by side")
+    cmp_.add_argument("runs", nargs="+", help="run directories")
+    cmp_.add_argument("--figure", help="write one reliability figure of the runs here")
+    cmp_.add_argument(
+        "--all-networks", action="store_true", help="every network, not only the deployed one"
+    )
+    cmp_.set_defaults(func=_cmd_compare)
+
+    methods = sub.add_parser("methods", help="list the methods, models and datasets")
+    methods.set_defaults(func=_cmd_methods)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bdkd`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "train":
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides = [*args.overrides, *overrides]
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"bdkd {args.command}: error: {err}", file=sys.stderr)
         return 2
 

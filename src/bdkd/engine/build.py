@@ -1,0 +1,240 @@
+"""Turn a validated config into data, networks, a distiller, optimizers and schedules."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bdkd.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from bdkd.data import Augment, DataError, InMemoryLoader, Splits, load_dataset
+from bdkd.data.base import ArraySplit
+from bdkd.distillers import Distiller, create_distiller
+from bdkd.engine.checkpoint import CheckpointError, network_weights
+from bdkd.models import MODELS, create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an unavailable device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"config key 'train.device': {name!r} is not a device (cpu, cuda, cuda:1, auto)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "config key 'train.device': cuda was asked for but no CUDA device is available (use cpu or auto)"
+        )
+    return device
+
+
+def load_splits(cfg: Config) -> Splits:
+    """The dataset's train/val/test; ``data.train_size`` keeps a seeded subset of train."""
+    d = cfg.data
+    try:
+        splits = load_dataset(d.dataset, root=d.root, val_size=d.val_size, seed=cfg.train.seed)
+    except DataError as err:
+        raise ConfigError(f"data: {err}") from None
+    if d.train_size is not None:
+        if not 0 < d.train_size <= len(splits.train):
+            raise ConfigError(
+                f"config key 'data.train_size': must be in [1, {len(splits.train)}], got {d.train_size}"
+            )
+        splits.train = splits.train.subset(torch.arange(d.train_size))
+    return splits
+
+
+def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
+    """Create every network for the dataset; load the weights of those with a checkpoint."""
+    info = splits.info
+    networks: dict[str, nn.Module] = {}
+    for name, net_cfg in cfg.networks.items():
+        kwargs = dict(net_cfg.kwargs)
+        entry = MODELS.get(net_cfg.model)
+        if entry is not None:
+            params = inspect.signature(entry.factory).parameters
+            if "in_channels" in params:
+                kwargs.setdefault("in_channels", info.channels)
+            if "in_features" in params:
+                kwargs.setdefault("in_features", info.channels * info.image_size**2)
+        try:
+            net = create_model(net_cfg.model, info.num_classes, **kwargs)
+        except (ValueError, TypeError, ImportError) as err:
+            raise ConfigError(f"config key 'networks.{name}.model': {err}") from None
+        if net_cfg.checkpoint:
+            try:
+                weights, _ = network_weights(net_cfg.checkpoint, net_cfg.checkpoint_network)
+                net.load_state_dict(weights)
+            except CheckpointError as err:
+                raise ConfigError(f"config key 'networks.{name}.checkpoint': {err}") from None
+            except RuntimeError as err:
+                first = str(err).splitlines()[0]
+                raise ConfigError(
+                    f"config key 'networks.{name}.checkpoint': weights do not fit model {net_cfg.model!r} ({first})"
+                ) from None
+        networks[name] = net
+    return networks
+
+
+def build_distiller(cfg: Config, networks: dict[str, nn.Module]) -> Distiller:
+    """The method's distiller; a frozen network must come with trained weights."""
+    try:
+        distiller = create_distiller(cfg.method_name, networks, **cfg.method_hparams)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config key 'method': {err}") from None
+    for name in distiller.frozen:
+        if not cfg.networks[name].checkpoint:
+            raise ConfigError(
+                f"method {cfg.method_name!r} keeps network {name!r} frozen, so it needs trained weights: "
+                f"set networks.{name}.checkpoint to a run directory or checkpoint file"
+            )
+    unused = sorted(set(cfg.networks) - set(distiller.networks))
+    if unused:
+        raise ConfigError(
+            f"method {cfg.method_name!r} does not use network(s) {unused}; remove them from networks"
+        )
+    return distiller
+
+
+def build_optimizer(params: list[nn.Parameter], oc: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW."""
+    if oc.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=oc.lr,
+            momentum=oc.momentum,
+            weight_decay=oc.weight_decay,
+            nesterov=oc.nesterov,
+        )
+    return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+
+
+def lr_factor(epoch: int, sc: ScheduleConfig, epochs: int, base_lr: float) -> float:
+    """Multiplier of the base learning rate during epoch ``epoch`` (0-based).
+
+    Linear warm-up over ``warmup_epochs``, then ``multistep`` (times ``gamma`` at each
+    milestone), ``cosine`` (down to ``min_lr``) or ``constant``.
+    """
+    if sc.warmup_epochs and epoch < sc.warmup_epochs:
+        return (epoch + 1) / sc.warmup_epochs
+    if sc.name == "multistep":
+        return sc.gamma ** sum(epoch >= m for m in sc.milestones)
+    if sc.name == "cosine":
+        span = max(1, epochs - sc.warmup_epochs)
+        progress = (epoch - sc.warmup_epochs) / span
+        floor = sc.min_lr / base_lr if base_lr > 0 else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, sc: ScheduleConfig, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """An epoch-stepped scheduler following :func:`lr_factor`."""
+    base = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, sc, epochs, base))
+
+
+def build_augment(cfg: Config, splits: Splits) -> Augment:
+    """Normalisation plus the dataset's (or the config's) crop padding and flips."""
+    info, d = splits.info, cfg.data
+    padding = info.crop_padding if d.crop_padding is None else d.crop_padding
+    flip = info.flip if d.flip is None else d.flip
+    if not d.augment:
+        padding, flip = 0, False
+    return Augment(info.mean, info.std, crop_padding=padding, flip=flip)
+
+
+@dataclass
+class Loaders:
+    train: object
+    val: object
+    test: object
+
+
+def build_loaders(
+    cfg: Config, splits: Splits, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Loaders:
+    """In-memory loaders for in-memory splits; a DataLoader for streamed (image-folder) ones."""
+    d, seed = cfg.data, cfg.train.seed
+
+    def make(split: object, train: bool) -> object:
+        bs = d.batch_size if train else d.eval_batch_size
+        if isinstance(split, ArraySplit):
+            return InMemoryLoader(
+                split,
+                bs,
+                shuffle=train,
+                drop_last=False,
+                seed=seed,
+                device=device,
+                rank=rank if train else 0,
+                world_size=world_size if train else 1,
+            )
+        return _StreamedLoader(
+            split,
+            bs,
+            shuffle=train,
+            seed=seed,
+            device=device,
+            rank=rank if train else 0,
+            world_size=world_size if train else 1,
+        )
+
+    return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))
+
+
+class _StreamedLoader:
+    """DataLoader over a streamed dataset with the in-memory loader's interface."""
+
+    def __init__(
+        self,
+        dataset: object,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.device, self.rank, self.world_size, self.epoch = device, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _sampler(self) -> list[int]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        order = (
+            torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            )
+            if self.shuffle
+            else torch.arange(n)
+        )
+        return order[self.rank :: self.world_size].tolist()
+
+    def __len__(self) -> int:
+        return -(-len(self._sampler()) // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self._sampler(),
+            num_workers=min(4, torch.get_num_threads()),
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )

@@ -1,0 +1,347 @@
+"""The training loop: one loop for every distiller, short enough to read in one sitting.
+
+One step: uint8 batch on the device -> tensor augmentation -> the distiller runs each
+network once and returns named loss terms -> one backward -> each network's optimizer
+steps. Each epoch every network is evaluated on val; at the end on test, with a temperature
+fitted on val. Everything a run produces goes into its run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bdkd import calibration as cal
+from bdkd.config import Config, dump_config
+from bdkd.engine import build
+from bdkd.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    seed_everything,
+    set_rng_state,
+)
+from bdkd.engine.rundir import append_jsonl, prepare_run_dir, truncate_metrics, write_text_atomic
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Progress:
+    """A one-line progress display with the live loss terms (stderr)."""
+
+    def __init__(self, enabled: bool, total: int, prefix: str) -> None:
+        self.enabled, self.total, self.prefix = enabled, total, prefix
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.every = 1 if self.tty else max(1, total // 4)
+
+    def due(self, step: int) -> bool:
+        """Whether ``update`` would print at ``step`` (so callers skip building its input)."""
+        return self.enabled and (step % self.every == 0 or step == self.total)
+
+    def update(self, step: int, terms: dict[str, float]) -> None:
+        rate = step / max(time.perf_counter() - self.start, 1e-9)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+        line = f"{self.prefix} [{step}/{self.total}] {shown} | {rate:.1f} it/s"
+        print(
+            ("\r" + line) if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Trains and evaluates one config in one run directory."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.run_dir = Path(run_dir)
+        self.is_main = rank == 0
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = build.resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.splits = build.load_splits(cfg)
+        self.info = self.splits.info
+        networks = build.build_networks(cfg, self.splits)
+        self.distiller = build.build_distiller(cfg, networks).to(self.device)
+        self.augment = build.build_augment(cfg, self.splits)
+        self.loaders = build.build_loaders(cfg, self.splits, self.device, rank, world_size)
+        groups = self.distiller.parameter_groups()
+        self.optimizers = {
+            n: build.build_optimizer(p, cfg.network_optim(n)) for n, p in groups.items()
+        }
+        self.schedulers = {
+            n: build.build_schedule(opt, cfg.network_schedule(n), cfg.train.epochs)
+            for n, opt in self.optimizers.items()
+        }
+        self.autocast_dtype = AUTOCAST.get(cfg.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.start_epoch = 0
+        self.forward = self.distiller
+        if cfg.train.compile:
+            for net in self.distiller.networks.values():
+                net.forward = torch.compile(net.forward)
+                if hasattr(net, "forward_with_features"):
+                    net.forward_with_features = torch.compile(net.forward_with_features)
+        if resume:
+            self._restore()
+        elif self.is_main:
+            prepare_run_dir(self.run_dir, force=force)
+            write_text_atomic(self.run_dir / "config.yaml", dump_config(cfg))
+        self.tensorboard = self._tensorboard() if self.is_main else None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def _save(self, epoch: int) -> None:
+        nets = self.distiller.networks
+        extra = {
+            k: v for k, v in self.distiller.state_dict().items() if not k.startswith("networks.")
+        }
+        save_atomic(
+            {
+                "format": 1,
+                "epoch": epoch,
+                "method": self.cfg.method_name,
+                "dataset": self.info.name,
+                "num_classes": self.info.num_classes,
+                "deployed": self.distiller.deployed,
+                "models": {n: self.cfg.networks[n].model for n in nets},
+                "networks": {n: m.state_dict() for n, m in nets.items()},
+                "extra": extra,
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "config": self.cfg.to_dict(),
+            },
+            self.checkpoint_path,
+        )
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        for name, net in self.distiller.networks.items():
+            net.load_state_dict(state["networks"][name])
+        self.distiller.load_state_dict({**self.distiller.state_dict(), **state["extra"]})
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        if self.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------ one epoch
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over train; returns the mean of every loss term and diagnostic."""
+        self.distiller.train()
+        loader = self.loaders.train
+        loader.set_epoch(epoch)
+        gen = torch.Generator(device=self.device).manual_seed(
+            self.cfg.train.seed * 1_000_003 + epoch
+        )
+        sums: dict[str, Tensor] = {}
+        count = 0
+        progress = Progress(
+            self.cfg.train.progress and self.is_main,
+            len(loader),
+            f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+        )
+        start = time.perf_counter()
+        for step, (images, labels) in enumerate(loader, start=1):
+            x = self.augment(images, train=True, generator=gen)
+            with self._autocast():
+                out = self.forward(x, labels, epoch)
+            total = out.total()
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            for opt in self.optimizers.values():
+                if self.cfg.train.grad_clip:
+                    self.scaler.unscale_(opt)
+                    params = [p for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+                self.scaler.step(opt)
+            self.scaler.update()
+            n = labels.shape[0]
+            count += n
+            for key, value in {**out.flat_terms(), **out.diagnostics}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * n
+            if progress.due(step):
+                progress.update(step, {k: float(sums[k]) / count for k in out.flat_terms()})
+        progress.close()
+        for sched in self.schedulers.values():
+            sched.step()
+        means = {k: float(v) / count for k, v in sums.items()}
+        return {"terms": means, "seconds": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def evaluate(
+        self, loader: Any, *, keep_logits: bool = False
+    ) -> tuple[dict[str, cal.CalibrationAccumulator], dict[str, Tensor], Tensor]:
+        """Every network on ``loader``: accumulators, and the logits and labels if asked."""
+        self.distiller.eval()
+        accs = {
+            n: cal.CalibrationAccumulator(self.info.num_classes, self.cfg.eval.bins)
+            for n in self.distiller.networks
+        }
+        logits: dict[str, list[Tensor]] = {n: [] for n in self.distiller.networks}
+        labels_seen: list[Tensor] = []
+        for images, labels in loader:
+            x = self.augment(images, train=False)
+            with self._autocast():
+                outs = {n: net(x) for n, net in self.distiller.networks.items()}
+            for n, z in outs.items():
+                z = z.float()
+                accs[n].update(z, labels)
+                if keep_logits:
+                    logits[n].append(z.cpu())
+            if keep_logits:
+                labels_seen.append(labels.cpu())
+        kept = {n: torch.cat(v) for n, v in logits.items()} if keep_logits else {}
+        return accs, kept, (torch.cat(labels_seen) if keep_logits else torch.empty(0))
+
+    def _metrics(self, acc: cal.CalibrationAccumulator) -> dict[str, float]:
+        m = acc.compute()
+        if self.info.num_classes < 10:
+            m.pop("top5")
+        return m
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to the end, then evaluate on test and write the run."""
+        metrics_path = self.run_dir / "metrics.jsonl"
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            lrs = {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()}
+            record = self.train_epoch(epoch)
+            val, _, _ = self.evaluate(self.loaders.val)
+            record = {
+                "epoch": epoch,
+                "lr": lrs,
+                "train": record["terms"],
+                "seconds": record["seconds"],
+                "val": {n: self._metrics(a) for n, a in val.items()},
+            }
+            if self.is_main:
+                append_jsonl(metrics_path, record)
+                self._save(epoch + 1)
+                self._log_tensorboard(record)
+                shown = ", ".join(
+                    f"{n} acc {100 * m['accuracy']:.2f} ece {100 * m['ece']:.2f}"
+                    for n, m in record["val"].items()
+                )
+                print(
+                    f"epoch {epoch + 1}/{self.cfg.train.epochs} ({record['seconds']:.1f}s) val: {shown}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return self.finish()
+
+    def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        if self.tensorboard is None:
+            return
+        step = record["epoch"] + 1
+        for key, value in record["train"].items():
+            self.tensorboard.add_scalar(f"train/{key}", value, step)
+        for net, metrics in record["val"].items():
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(f"val/{net}/{key}", value, step)
+        self.tensorboard.flush()
+
+    def finish(self) -> dict[str, Any]:
+        """Test metrics for every network, temperature fitted on val, summary and report."""
+        from bdkd import report
+
+        _, val_logits, val_labels = self.evaluate(self.loaders.val, keep_logits=True)
+        test_accs, test_logits, test_labels = self.evaluate(self.loaders.test, keep_logits=True)
+        results: dict[str, dict[str, float]] = {}
+        for name, acc in test_accs.items():
+            m = self._metrics(acc)
+            if self.cfg.eval.temperature_scaling:
+                t = cal.fit_temperature(val_logits[name], val_labels)
+                scaled = cal.calibration_metrics(
+                    cal.apply_temperature(test_logits[name], t),
+                    test_labels,
+                    n_bins=self.cfg.eval.bins,
+                )
+                m.update(temperature=t, ece_after_ts=scaled["ece"], nll_after_ts=scaled["nll"])
+            results[name] = m
+        history = [
+            json.loads(line)
+            for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        summary = {
+            "method": self.cfg.method_name,
+            "dataset": self.info.name,
+            "seed": self.cfg.train.seed,
+            "epochs": self.cfg.train.epochs,
+            "deployed": self.distiller.deployed,
+            "models": {n: self.cfg.networks[n].model for n in self.distiller.networks},
+            "parameters": {
+                n: sum(p.numel() for p in m.parameters())
+                for n, m in self.distiller.networks.items()
+            },
+            "bins": self.cfg.eval.bins,
+            "seconds_per_epoch": sum(r["seconds"] for r in history) / max(1, len(history)),
+            "results": results,
+        }
+        if self.is_main:
+            pred_dir = self.run_dir / "predictions"
+            pred_dir.mkdir(exist_ok=True)
+            for name in results:
+                report.save_predictions(
+                    pred_dir / f"{name}.npz",
+                    test_logits[name],
+                    test_labels,
+                    val_logits[name],
+                    val_labels,
+                )
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            report.write_run_report(
+                self.run_dir, summary, {n: (test_logits[n], test_labels) for n in results}
+            )
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return summary

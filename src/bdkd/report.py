@@ -1,0 +1,121 @@
+"""Run reports: markdown tables, reliability figures, saved predictions, run comparison."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bdkd import calibration as cal
+
+COLUMNS = (
+    ("accuracy", "top-1 %", 100, ".2f"),
+    ("ece", "ECE %", 100, ".2f"),
+    ("adaptive_ece", "AdaECE %", 100, ".2f"),
+    ("classwise_ece", "cwECE %", 100, ".3f"),
+    ("nll", "NLL", 1, ".4f"),
+    ("brier", "Brier", 1, ".4f"),
+    ("ece_after_ts", "ECE after TS %", 100, ".2f"),
+    ("temperature", "T", 1, ".3f"),
+)
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], first: str = "network") -> str:
+    """One row per entry; the metric columns that any row has."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
+    lines = [
+        f"| {first} | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, metrics in rows.items():
+        cells = [format(metrics[k] * s, f) if k in metrics else "–" for k, _, s, f in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_predictions(
+    path: Path, logits: Tensor, labels: Tensor, val_logits: Tensor, val_labels: Tensor
+) -> None:
+    """Test and val logits of one network, in the format ``bdkd calibrate`` reads."""
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(
+        tmp,
+        logits=logits.float().numpy(),
+        labels=labels.numpy(),
+        val_logits=val_logits.float().numpy(),
+        val_labels=val_labels.numpy(),
+    )
+    tmp.replace(path)
+
+
+def write_run_report(
+    run_dir: Path, summary: Mapping[str, Any], test: Mapping[str, tuple[Tensor, Tensor]]
+) -> None:
+    """report.md (results table) and reliability.png (every network side by side)."""
+    run_dir = Path(run_dir)
+    rows = {
+        f"{name} ({summary['models'][name]}){' — deployed' if name == summary['deployed'] else ''}": m
+        for name, m in summary["results"].items()
+    }
+    figure = cal.reliability_diagram(
+        {
+            f"{n} ({summary['models'][n]})": (torch.softmax(z.double(), 1), y)
+            for n, (z, y) in test.items()
+        },
+        run_dir / "reliability.png",
+        n_bins=summary["bins"],
+        title=f"{summary['method']} on {summary['dataset']} (test)",
+    )
+    text = "\n".join(
+        [
+            f"# {summary['method']} on {summary['dataset']}",
+            "",
+            f"Seed {summary['seed']}, {summary['epochs']} epochs, {summary['seconds_per_epoch']:.1f} s per epoch. "
+            f"Test split, last epoch; ECE with {summary['bins']} bins; T fitted on the validation split.",
+            "",
+            markdown_table(rows),
+            "",
+            f"![reliability diagram]({figure.name})",
+            "",
+        ]
+    )
+    tmp = run_dir / ".report.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(run_dir / "report.md")
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's summary.json (a clear error if the run is not finished)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no summary.json (not a bdkd run directory, or the run has not finished)"
+        )
+    return json.loads(path.read_text())
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], figure: str | Path | None = None, *, all_networks: bool = False
+) -> str:
+    """One markdown table of the runs side by side (deployed networks unless
+    ``all_networks``), and one reliability figure of them if ``figure`` is given."""
+    rows: dict[str, Mapping[str, float]] = {}
+    panels = {}
+    for run in run_dirs:
+        summary = load_summary(run)
+        names = list(summary["results"]) if all_networks else [summary["deployed"]]
+        for name in names:
+            label = f"{Path(run).name}: {name} ({summary['models'][name]})"
+            rows[label] = summary["results"][name]
+            pred = Path(run) / "predictions" / f"{name}.npz"
+            if figure is not None and pred.is_file():
+                data = cal.load_logits(pred)
+                panels[label] = (torch.softmax(data["logits"].double(), 1), data["labels"])
+    if figure is not None and panels:
+        cal.reliability_diagram(panels, figure)
+    return markdown_table(rows, first="run: network")
