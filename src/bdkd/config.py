@@ -55,7 +55,7 @@ class NetworkConfig:
 class DataConfig:
     dataset: str = "digits"
     root: str | None = None
-    val_size: float | int = 0.1
+    val_size: int | float = 0.1
     train_size: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 512
