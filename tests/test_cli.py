@@ -12,7 +12,7 @@ from bdkd.cli import main
 
 
 def test_demo_prints_the_divergence_table(capsys):
-    assert main(["demo"]) == 0
+    assert main(["demo", "--divergences"]) == 0
     out = capsys.readouterr().out
     assert "| same as teacher" in out and "FKL" in out
 
