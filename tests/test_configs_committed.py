@@ -10,7 +10,11 @@ from bdkd.config import load_config
 from bdkd.distillers import create_distiller
 from bdkd.models import create_model
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.name != "base.yaml")
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
+    if p.name != "base.yaml"
+)
 CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar100": 100, "cifar10": 10}
 
 

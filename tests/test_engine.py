@@ -241,3 +241,40 @@ def test_eval_and_compare(teacher_run, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_runs_keep_losses_finite(precision, tmp_path):
+    import math
+
+    run = tmp_path / precision
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "bdkd.yaml"),
+                *FAST,
+                f"train.precision={precision}",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(math.isfinite(v) for v in record["train"].values())
+    summary = json.loads((run / "summary.json").read_text())
+    assert all(math.isfinite(m["nll"]) for m in summary["results"].values())
+
+
+def test_compiled_networks_train_and_save_plain_state_dicts(tmp_path):
+    run = tmp_path / "compiled"
+    assert (
+        main(
+            ["train", str(CONFIGS / "scratch.yaml"), *FAST, "train.compile=true", "--out", str(run)]
+        )
+        == 0
+    )
+    state = _final_state(run)
+    assert not any("_orig_mod" in k for k in state["networks"]["student"])
+    assert main(["eval", str(run)]) == 0
