@@ -1,6 +1,6 @@
 """Small models for 28x28 grey images (Fashion-MNIST, MNIST) and 8x8 digits.
 
-``cnn_{tiny,small,medium,large,xlarge}``: two conv stages (conv-BN-ReLU twice, max-pool) and
+``cnn_{tiny,small,medium,large,xlarge}`` (and ``cnn`` with any ``width``): two conv stages (conv-BN-ReLU twice, max-pool) and
 a conv head stage, then global average pooling and a linear classifier; the width multiplies
 every layer. ``mlp`` / ``mlp_{small,large}``: flatten, two hidden layers.
 """
@@ -64,6 +64,14 @@ def _register_cnn(name: str, width: int) -> None:
 
 for _name, _width in CNN_WIDTHS.items():
     _register_cnn(_name, _width)
+
+
+@register_model("cnn", input_size=28, family="small")
+def cnn(num_classes: int = 10, width: int = 16, in_channels: int = 1) -> SmallCNN:
+    """The small CNN at any ``width`` (``networks.X.kwargs: {width: 7}``)."""
+    if width < 1:
+        raise ValueError(f"cnn width must be >= 1, got {width}")
+    return SmallCNN(num_classes, width, in_channels)
 
 
 def _register_mlp(name: str, hidden: int) -> None:
