@@ -131,9 +131,42 @@ def _default_run_dir(config_path: str, cfg: object) -> Path:
     return Path(cfg.output.dir) / name
 
 
+def _relaunch_distributed(argv: Sequence[str], nproc: int) -> int:
+    """Run this same command in ``nproc`` processes through torch.distributed.run."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bdkd",
+        *rest,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(cmd, env=env).returncode
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from bdkd.config import load_config, read_yaml, validate
     from bdkd.engine import Trainer
+    from bdkd.engine.distributed import destroy
+
+    if args.nproc and args.nproc > 1:
+        return _relaunch_distributed(args.argv, args.nproc)
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -164,8 +197,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     from bdkd.report import markdown_table
 
-    print(markdown_table(summary["results"]))
-    print(f"run written to {run_dir} (report.md, reliability.png, summary.json, metrics.jsonl)")
+    if trainer.is_main:
+        print(markdown_table(summary["results"]))
+        print(f"run written to {run_dir} (report.md, reliability.png, summary.json, metrics.jsonl)")
+    destroy()
     return 0
 
 
@@ -279,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     train.add_argument("--out", help="the run directory (overrides output.dir/output.name)")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        help="train in N processes (torch.distributed.run; gloo on CPU, nccl on GPU)",
+    )
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint on a dataset split")
@@ -311,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bdkd`` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if getattr(args, "command", None) in ("train", "demo"):
         overrides = [a for a in extra if "=" in a and not a.startswith("-")]
         args.overrides = [*args.overrides, *overrides]

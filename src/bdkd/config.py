@@ -74,6 +74,8 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     threads: int | None = None
+    teacher_cache: str | None = None
+    teacher_cache_dtype: str = "fp16"
 
 
 @dataclass
@@ -125,6 +127,7 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("multistep", "cosine", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.teacher_cache_dtype": ("fp16", "fp32"),
 }
 
 

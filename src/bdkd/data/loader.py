@@ -11,7 +11,8 @@ from bdkd.data.base import ArraySplit
 
 
 class InMemoryLoader:
-    """Iterates (images uint8, labels) batches of a split held in memory.
+    """Iterates (images uint8, labels) batches of a split held in memory (and each sample's
+    index in the split with ``with_index=True``).
 
     The split is moved to ``device`` once; each epoch's order is a permutation drawn from
     ``seed`` and the epoch number, so any epoch can be replayed exactly (resume).
@@ -28,6 +29,8 @@ class InMemoryLoader:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        with_index: bool = False,
+        pad: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -39,7 +42,7 @@ class InMemoryLoader:
             drop_last,
             seed,
         )
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.with_index, self.pad = rank, world_size, with_index, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,7 +56,9 @@ class InMemoryLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad:  # evaluation: every sample exactly once
+            order = order[self.rank :: self.world_size]
+        elif self.world_size > 1:
             per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
             total = per_rank * self.world_size
             if total > n:  # pad by wrapping around so every rank gets the same count
@@ -65,9 +70,12 @@ class InMemoryLoader:
         n = len(self._indices()) if self.world_size > 1 else self.labels.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         order = self._indices()
         stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
         for start in range(0, stop, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.images[idx], self.labels[idx]
+            if self.with_index:
+                yield self.images[idx], self.labels[idx], idx
+            else:
+                yield self.images[idx], self.labels[idx]

@@ -90,11 +90,23 @@ class Distiller(nn.Module):
             groups[name] = [p for m in modules for p in m.parameters() if p.requires_grad]
         return groups
 
-    def run_networks(self, inputs: Tensor) -> dict[str, Tensor]:
-        """Each network's logits on ``inputs``, once; frozen networks without autograd."""
+    def run_networks(
+        self, inputs: Tensor, cached: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Each network's logits on ``inputs``, once; frozen networks without autograd.
+
+        ``cached`` supplies frozen networks' logits computed earlier on exactly these inputs
+        (a teacher-logit cache); those networks are then not run.
+        """
         logits = {}
         for name, net in self.networks.items():
-            if name in self.trainable:
+            if cached is not None and name in cached:
+                if name in self.trainable:
+                    raise ValueError(
+                        f"network {name!r} trains, so its logits cannot come from a cache"
+                    )
+                logits[name] = cached[name]
+            elif name in self.trainable:
                 logits[name] = net(inputs)
             else:
                 with torch.no_grad():

@@ -65,8 +65,14 @@ class OfflineDistiller(Distiller):
             return 1.0
         return min((epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        logits = self.run_networks(inputs)
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        logits = self.run_networks(inputs, cached)
         student, teacher = logits["student"], logits["teacher"].detach()
         s, t = student, teacher
         if self.logit_standardization:

@@ -161,31 +161,26 @@ class Loaders:
 def build_loaders(
     cfg: Config, splits: Splits, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> Loaders:
-    """In-memory loaders for in-memory splits; a DataLoader for streamed (image-folder) ones."""
+    """In-memory loaders for in-memory splits; a DataLoader for streamed (image-folder) ones.
+
+    ``data.batch_size`` is the global batch: each of ``world_size`` processes takes its
+    share of every global batch (sample j of the global order goes to rank j mod world_size).
+    The training loader also yields each sample's index (for per-sample augmentation).
+    Evaluation is sharded without padding, so every sample counts once.
+    """
     d, seed = cfg.data, cfg.train.seed
+    if d.batch_size % world_size:
+        raise ConfigError(
+            f"config key 'data.batch_size': the global batch {d.batch_size} must divide evenly "
+            f"among {world_size} processes"
+        )
 
     def make(split: object, train: bool) -> object:
-        bs = d.batch_size if train else d.eval_batch_size
+        bs = d.batch_size // world_size if train else d.eval_batch_size
+        kw = dict(shuffle=train, seed=seed, device=device, rank=rank, world_size=world_size)
         if isinstance(split, ArraySplit):
-            return InMemoryLoader(
-                split,
-                bs,
-                shuffle=train,
-                drop_last=False,
-                seed=seed,
-                device=device,
-                rank=rank if train else 0,
-                world_size=world_size if train else 1,
-            )
-        return _StreamedLoader(
-            split,
-            bs,
-            shuffle=train,
-            seed=seed,
-            device=device,
-            rank=rank if train else 0,
-            world_size=world_size if train else 1,
-        )
+            return InMemoryLoader(split, bs, drop_last=False, with_index=train, pad=train, **kw)
+        return _StreamedLoader(split, bs, with_index=train, **kw)
 
     return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))
 
@@ -203,22 +198,22 @@ class _StreamedLoader:
         device: torch.device,
         rank: int,
         world_size: int,
+        with_index: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.device, self.rank, self.world_size, self.epoch = device, rank, world_size, 0
+        self.with_index = with_index
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _sampler(self) -> list[int]:
         n = len(self.dataset)  # type: ignore[arg-type]
-        order = (
-            torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            )
-            if self.shuffle
-            else torch.arange(n)
-        )
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
         return order[self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:
@@ -227,14 +222,16 @@ class _StreamedLoader:
     def __iter__(self):  # noqa: ANN204
         from torch.utils.data import DataLoader
 
+        sampler = self._sampler()
+        workers = min(4, torch.get_num_threads())
         loader = DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=self._sampler(),
-            num_workers=min(4, torch.get_num_threads()),
+            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers
         )
-        for images, labels in loader:
-            yield (
-                images.to(self.device, non_blocking=True),
-                labels.to(self.device, non_blocking=True),
-            )
+        for i, (images, labels) in enumerate(loader):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.with_index:
+                index = torch.tensor(sampler[i * self.batch_size : (i + 1) * self.batch_size])
+                yield images, labels, index.to(self.device)
+            else:
+                yield images, labels

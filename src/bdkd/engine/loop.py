@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from bdkd import calibration as cal
-from bdkd.config import Config, dump_config
-from bdkd.engine import build
+from bdkd.config import Config, ConfigError, dump_config
+from bdkd.engine import build, distributed
 from bdkd.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -28,6 +28,7 @@ from bdkd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
 from bdkd.engine.rundir import append_jsonl, prepare_run_dir, truncate_metrics, write_text_atomic
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,22 +73,26 @@ class Trainer:
         *,
         resume: bool = False,
         force: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
     ) -> None:
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.is_main = rank == 0
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = build.resolve_device(cfg.train.device)
+        device = build.resolve_device(cfg.train.device)
+        self.dist = distributed.init_from_env(device.type)
+        self.is_main = self.dist.is_main
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
         seed_everything(cfg.train.seed)
         self.splits = build.load_splits(cfg)
         self.info = self.splits.info
         networks = build.build_networks(cfg, self.splits)
         self.distiller = build.build_distiller(cfg, networks).to(self.device)
         self.augment = build.build_augment(cfg, self.splits)
-        self.loaders = build.build_loaders(cfg, self.splits, self.device, rank, world_size)
+        self.loaders = build.build_loaders(
+            cfg, self.splits, self.device, self.dist.rank, self.dist.world_size
+        )
         groups = self.distiller.parameter_groups()
         self.optimizers = {
             n: build.build_optimizer(p, cfg.network_optim(n)) for n, p in groups.items()
@@ -99,18 +104,60 @@ class Trainer:
         self.autocast_dtype = AUTOCAST.get(cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.start_epoch = 0
-        self.forward = self.distiller
         if cfg.train.compile:
             for net in self.distiller.networks.values():
                 net.forward = torch.compile(net.forward)
                 if hasattr(net, "forward_with_features"):
                     net.forward_with_features = torch.compile(net.forward_with_features)
+        # One DDP wrapper over the distiller: it owns every network (and any method-owned
+        # module such as USKD's head), so one backward syncs every trainable gradient.
+        self.forward: Any = self.distiller
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.distiller,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         if resume:
             self._restore()
         elif self.is_main:
             prepare_run_dir(self.run_dir, force=force)
             write_text_atomic(self.run_dir / "config.yaml", dump_config(cfg))
+        distributed.barrier()
+        self.cache = self._open_cache()
         self.tensorboard = self._tensorboard() if self.is_main else None
+
+    def _open_cache(self) -> TeacherLogitCache | None:
+        path = self.cfg.train.teacher_cache
+        if not path:
+            return None
+        frozen = self.distiller.frozen
+        if frozen != ("teacher",):
+            raise ConfigError(
+                f"config key 'train.teacher_cache': only offline methods (one frozen network named "
+                f"'teacher') can cache logits; method {self.cfg.method_name!r} freezes {list(frozen)}"
+            )
+        d, aug = self.cfg.data, self.augment
+        key = {
+            "teacher": state_hash(self.distiller.networks["teacher"]),
+            "dataset": self.info.name,
+            "val_size": d.val_size,
+            "train_size": len(self.splits.train),
+            "seed": self.cfg.train.seed,
+            "augmentation": [aug.crop_padding, aug.flip, list(aug.mean), list(aug.std)],
+            "precision": self.cfg.train.precision,
+        }
+        args = dict(
+            epochs=self.cfg.train.epochs,
+            n=len(self.splits.train),
+            num_classes=self.info.num_classes,
+            dtype=self.cfg.train.teacher_cache_dtype,
+            key=key,
+        )
+        cache = TeacherLogitCache(path, create=self.is_main, **args) if self.is_main else None
+        distributed.barrier()
+        return cache if cache is not None else TeacherLogitCache(path, create=False, **args)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -177,21 +224,28 @@ class Trainer:
         self.distiller.train()
         loader = self.loaders.train
         loader.set_epoch(epoch)
-        gen = torch.Generator(device=self.device).manual_seed(
-            self.cfg.train.seed * 1_000_003 + epoch
+        params = self.augment.epoch_params(
+            len(self.splits.train), self.cfg.train.seed, epoch, self.device
         )
+        use_cache = self.cache is not None and self.cache.complete(epoch)
+        fill_cache = self.cache is not None and not use_cache
         sums: dict[str, Tensor] = {}
-        count = 0
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
         progress = Progress(
             self.cfg.train.progress and self.is_main,
             len(loader),
             f"epoch {epoch + 1}/{self.cfg.train.epochs}",
         )
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(loader, start=1):
-            x = self.augment(images, train=True, generator=gen)
+        for step, (images, labels, index) in enumerate(loader, start=1):
+            x = self.augment.apply(images, params, index)
+            extra = {}
+            if use_cache:
+                extra["cached"] = {"teacher": self.cache.read(epoch, index).to(self.device)}
             with self._autocast():
-                out = self.forward(x, labels, epoch)
+                out = self.forward(x, labels, epoch, **extra)
+            if fill_cache:
+                self.cache.write(epoch, index, out.logits["teacher"])
             total = out.total()
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -199,20 +253,28 @@ class Trainer:
             for opt in self.optimizers.values():
                 if self.cfg.train.grad_clip:
                     self.scaler.unscale_(opt)
-                    params = [p for g in opt.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+                    group_params = [p for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(group_params, self.cfg.train.grad_clip)
                 self.scaler.step(opt)
             self.scaler.update()
             n = labels.shape[0]
             count += n
             for key, value in {**out.flat_terms(), **out.diagnostics}.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float() * n
+                sums[key] = sums.get(key, 0.0) + value.detach().double() * n
             if progress.due(step):
-                progress.update(step, {k: float(sums[k]) / count for k in out.flat_terms()})
+                progress.update(step, {k: float(sums[k] / count) for k in out.flat_terms()})
         progress.close()
         for sched in self.schedulers.values():
             sched.step()
-        means = {k: float(v) / count for k, v in sums.items()}
+        if fill_cache:
+            distributed.barrier()
+            if self.is_main:
+                self.cache.mark_complete(epoch)
+            distributed.barrier()
+            self.cache.reload()
+        keys = sorted(sums)
+        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]))
+        means = {k: float(totals[i] / totals[-1]) for i, k in enumerate(keys)}
         return {"terms": means, "seconds": time.perf_counter() - start}
 
     @torch.no_grad()
@@ -238,8 +300,15 @@ class Trainer:
                     logits[n].append(z.cpu())
             if keep_logits:
                 labels_seen.append(labels.cpu())
-        kept = {n: torch.cat(v) for n, v in logits.items()} if keep_logits else {}
-        return accs, kept, (torch.cat(labels_seen) if keep_logits else torch.empty(0))
+        for acc in accs.values():
+            acc.all_reduce()
+        kept = (
+            {n: distributed.gather_cat(torch.cat(v)) for n, v in logits.items()}
+            if keep_logits
+            else {}
+        )
+        seen = distributed.gather_cat(torch.cat(labels_seen)) if keep_logits else torch.empty(0)
+        return accs, kept, seen
 
     def _metrics(self, acc: cal.CalibrationAccumulator) -> dict[str, float]:
         m = acc.compute()
@@ -307,11 +376,12 @@ class Trainer:
                 )
                 m.update(temperature=t, ece_after_ts=scaled["ece"], nll_after_ts=scaled["nll"])
             results[name] = m
-        history = [
-            json.loads(line)
-            for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
+        metrics_path = self.run_dir / "metrics.jsonl"
+        history = (
+            [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            if metrics_path.is_file()
+            else []
+        )
         summary = {
             "method": self.cfg.method_name,
             "dataset": self.info.name,
@@ -344,4 +414,5 @@ class Trainer:
             )
             if self.tensorboard is not None:
                 self.tensorboard.close()
+        distributed.barrier()
         return summary
