@@ -21,23 +21,9 @@ FAST = ["train.epochs=1", "train.progress=false", "data.batch_size=128"]
 SUMMARY_KEYS = {"accuracy", "ece", "adaptive_ece", "classwise_ece", "nll", "brier", "ece_after_ts"}
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "teacher"
-    assert (
-        main(
-            [
-                "train",
-                str(CONFIGS / "teacher.yaml"),
-                "train.epochs=2",
-                "train.progress=false",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return out
+@pytest.fixture
+def teacher_run(digits_teacher):
+    return digits_teacher
 
 
 def _check_run_dir(run: Path, method: str):

@@ -28,23 +28,9 @@ SAME = [
 ]
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scale") / "teacher"
-    assert (
-        main(
-            [
-                "train",
-                str(CONFIGS / "teacher.yaml"),
-                "train.epochs=2",
-                "train.progress=false",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return out
+@pytest.fixture
+def teacher(digits_teacher):
+    return digits_teacher
 
 
 def _weights(run: Path):
@@ -254,3 +240,16 @@ def test_cache_object_checks_shape_and_dtype(tmp_path):
         TeacherLogitCache(
             tmp_path / "none", epochs=3, n=4, num_classes=3, dtype="fp32", key=key, create=False
         )
+
+
+def test_state_hash_covers_batchnorm_buffers_and_values():
+    from torch import nn
+
+    from bdkd.engine.logit_cache import state_hash
+
+    a = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    b = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    b.load_state_dict(a.state_dict())
+    assert state_hash(a) == state_hash(b)
+    b[1].running_mean += 1
+    assert state_hash(a) != state_hash(b)
