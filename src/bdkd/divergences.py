@@ -38,6 +38,8 @@ from torch import Tensor
 
 __all__ = [
     "REDUCTIONS",
+    "apply_rows",
+    "pairwise_rows",
     "ab_divergence",
     "entropy",
     "forward_kl",
@@ -192,6 +194,8 @@ def _ab_rows(log_q: Tensor, log_p: Tensor, alpha: float, beta: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- row evaluation
+# ``apply_rows`` is public for objectives that build their own per-row function (token-level
+# BD-KD in :mod:`bdkd.llm`): it brings validation, masking, reductions and chunking.
 
 
 def _sanitize_rows(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -270,7 +274,7 @@ class _ChunkedRows(torch.autograd.Function):
         return (None, None, None, None, None, *out)
 
 
-def _divergence(
+def apply_rows(
     fn: RowFn,
     logits: Sequence[Tensor],
     *,
@@ -279,6 +283,8 @@ def _divergence(
     mask: Tensor | None,
     chunk_size: int | None,
 ) -> Tensor:
+    """Evaluate a per-row function on log-softmaxed ``logits`` with every guarantee of this
+    module: validation, masking, reduction, upcasting and the chunked path."""
     _check_common(logits, temperature, reduction, mask, chunk_size)
     dtype = _compute_dtype(*logits)
     lead = logits[0].shape[:-1]
@@ -314,6 +320,70 @@ def _divergence(
     return total / count.clamp_min(1)
 
 
+# --------------------------------------------------------------------------- row functions
+
+
+def pairwise_rows(name: str, **params: float) -> RowFn:
+    """The per-row function ``(log_q, log_p) -> values`` of a divergence, by name.
+
+    ``name`` is one of ``forward_kl``, ``reverse_kl``, ``js_divergence`` (``beta``),
+    ``skew_forward_kl`` / ``skew_reverse_kl`` (``skew``), ``total_variation`` and
+    ``ab_divergence`` (``alpha``, ``beta``); ``log_q`` is the student's log-probabilities,
+    ``log_p`` the teacher's, both (N, C). Used by the public functions below and by fused
+    paths that form logits chunk by chunk (:mod:`bdkd.llm`).
+    """
+    allowed = {
+        "forward_kl": set(),
+        "reverse_kl": set(),
+        "js_divergence": {"beta"},
+        "skew_forward_kl": {"skew"},
+        "skew_reverse_kl": {"skew"},
+        "total_variation": set(),
+        "ab_divergence": {"alpha", "beta"},
+    }
+    if name not in allowed:
+        raise ValueError(f"unknown divergence {name!r}; known: {sorted(allowed)}")
+    unknown = sorted(set(params) - allowed[name])
+    if unknown:
+        raise ValueError(f"divergence {name!r} takes {sorted(allowed[name])}, got {unknown}")
+    if name == "forward_kl":
+        return lambda log_q, log_p: _kl_rows(log_p, log_q)
+    if name == "reverse_kl":
+        return _kl_rows
+    if name == "total_variation":
+        return lambda log_q, log_p: 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    if name in ("skew_forward_kl", "skew_reverse_kl"):
+        skew = float(params.get("skew", 0.1))
+        _check_unit_interval("skew", skew)
+        if name == "skew_forward_kl":
+            return lambda log_q, log_p: (
+                _kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
+            )
+        return lambda log_q, log_p: (
+            _kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
+        )
+    if name == "js_divergence":
+        beta = float(params.get("beta", 0.5))
+        _check_unit_interval("beta", beta)
+
+        def js_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+            log_m = _log_mix(log_p, log_q, beta)
+            value = _graph_anchor(log_q) + _graph_anchor(log_p)
+            if beta > 0.0:
+                value = value + beta * _kl_rows(log_p, log_m)
+            if beta < 1.0:
+                value = value + (1.0 - beta) * _kl_rows(log_q, log_m)
+            return value
+
+        return js_rows
+    for key in ("alpha", "beta"):
+        value = params.get(key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+    a, b = float(params["alpha"]), float(params["beta"])
+    return lambda log_q, log_p: _ab_rows(log_q, log_p, a, b)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -327,8 +397,8 @@ def forward_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Forward KL, ``KL(p || q) = sum p (log p - log q)``: mass-covering; the classic KD term."""
-    return _divergence(
-        lambda log_q, log_p: _kl_rows(log_p, log_q),
+    return apply_rows(
+        pairwise_rows("forward_kl"),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -347,8 +417,8 @@ def reverse_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Reverse KL, ``KL(q || p) = sum q (log q - log p)``: mode-seeking."""
-    return _divergence(
-        _kl_rows,
+    return apply_rows(
+        pairwise_rows("reverse_kl"),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -372,19 +442,8 @@ def js_divergence(
     ``beta KL(p || m) + (1 - beta) KL(q || m)`` with ``m = beta p + (1 - beta) q``;
     ``beta = 0.5`` is the usual (symmetric) JSD, and it is exactly 0 at ``beta`` 0 and 1.
     """
-    _check_unit_interval("beta", beta)
-
-    def rows(log_q: Tensor, log_p: Tensor) -> Tensor:
-        log_m = _log_mix(log_p, log_q, beta)
-        value = _graph_anchor(log_q) + _graph_anchor(log_p)
-        if beta > 0.0:
-            value = value + beta * _kl_rows(log_p, log_m)
-        if beta < 1.0:
-            value = value + (1.0 - beta) * _kl_rows(log_q, log_m)
-        return value
-
-    return _divergence(
-        rows,
+    return apply_rows(
+        pairwise_rows("js_divergence", beta=beta),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -404,9 +463,8 @@ def skew_forward_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Skew forward KL (DistiLLM), ``KL(p || skew p + (1 - skew) q)``; skew=0 is forward KL."""
-    _check_unit_interval("skew", skew)
-    return _divergence(
-        lambda log_q, log_p: _kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q),
+    return apply_rows(
+        pairwise_rows("skew_forward_kl", skew=skew),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -426,9 +484,8 @@ def skew_reverse_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Skew reverse KL (DistiLLM), ``KL(q || skew q + (1 - skew) p)``; skew=0 is reverse KL."""
-    _check_unit_interval("skew", skew)
-    return _divergence(
-        lambda log_q, log_p: _kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p),
+    return apply_rows(
+        pairwise_rows("skew_reverse_kl", skew=skew),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -447,8 +504,8 @@ def total_variation(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Total variation distance, ``1/2 sum |p - q|``."""
-    return _divergence(
-        lambda log_q, log_p: 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1),
+    return apply_rows(
+        pairwise_rows("total_variation"),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -479,12 +536,8 @@ def ab_divergence(
     gradient. Close to a limit (``|beta|`` ~ 1e-3) the general formula loses relative
     precision in float32 through cancellation; pass float64 logits when that matters.
     """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    a, b = float(alpha), float(beta)
-    return _divergence(
-        lambda log_q, log_p: _ab_rows(log_q, log_p, a, b),
+    return apply_rows(
+        pairwise_rows("ab_divergence", alpha=alpha, beta=beta),
         (student_logits, teacher_logits),
         temperature=temperature,
         reduction=reduction,
@@ -507,7 +560,7 @@ def entropy(
         r = log_r.exp()
         return -_weighted_log_ratio(r, log_r, log_r.new_zeros(())).sum(-1)
 
-    return _divergence(
+    return apply_rows(
         rows,
         (logits,),
         temperature=temperature,

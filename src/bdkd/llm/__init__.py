@@ -1,0 +1,6 @@
+"""LLM distillation: token-level objectives and a fused LM-head + divergence path."""
+
+from bdkd.llm.fused import fused_linear_divergence
+from bdkd.llm.objectives import TOKEN_OBJECTIVES, bdkd_rows, token_loss, token_rows
+
+__all__ = ["TOKEN_OBJECTIVES", "bdkd_rows", "fused_linear_divergence", "token_loss", "token_rows"]

@@ -1,0 +1,148 @@
+"""Token-level objectives and the fused linear + divergence path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bdkd import divergences as D
+from bdkd.llm import TOKEN_OBJECTIVES, fused_linear_divergence, token_loss
+from bdkd.losses import bdkd_student_loss
+
+PARAMS = {
+    "ab_divergence": {"alpha": 0.8, "beta": 0.3},
+    "js_divergence": {"beta": 0.3},
+    "skew_forward_kl": {"skew": 0.2},
+}
+B, T, H, V = 2, 5, 8, 23
+
+
+def _data(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g, dtype=dtype)
+    weight = torch.randn(V, H, generator=g, dtype=dtype) * 0.5
+    bias = torch.randn(V, generator=g, dtype=dtype) * 0.1
+    teacher = torch.randn(B, T, V, generator=g, dtype=dtype) * 2
+    mask = torch.tensor([[True, True, True, False, False], [False, True, True, True, True]])
+    return hidden, weight, bias, teacher, mask
+
+
+def test_token_loss_matches_the_divergences_and_bdkd():
+    _, _, _, teacher, mask = _data()
+    student = torch.randn(B, T, V)
+    for name in TOKEN_OBJECTIVES:
+        if name == "bdkd":
+            continue
+        expected = getattr(D, name)(
+            student, teacher, mask=mask, temperature=2.0, **PARAMS.get(name, {})
+        )
+        got = token_loss(
+            student, teacher, objective=name, mask=mask, temperature=2.0, **PARAMS.get(name, {})
+        )
+        torch.testing.assert_close(got, expected)
+    got = token_loss(student, teacher, objective="bdkd", mask=mask, temperature=2.0)
+    torch.testing.assert_close(
+        got, bdkd_student_loss(student[mask], teacher[mask], temperature=2.0)
+    )
+
+
+def test_padding_and_prompt_tokens_are_excluded_exactly():
+    _, _, _, teacher, mask = _data()
+    student = torch.randn(B, T, V)
+    poisoned = student.clone()
+    poisoned[~mask] = float("nan")
+    poisoned.requires_grad_()
+    for name in TOKEN_OBJECTIVES:
+        params = PARAMS.get(name, {})
+        value = token_loss(poisoned, teacher, objective=name, mask=mask, **params)
+        reference = token_loss(student[mask], teacher[mask], objective=name, **params)
+        torch.testing.assert_close(value, reference, msg=name)
+        (grad,) = torch.autograd.grad(value, poisoned)
+        assert torch.isfinite(grad).all() and (grad[~mask] == 0).all(), name
+
+
+@pytest.mark.parametrize("objective", TOKEN_OBJECTIVES)
+@pytest.mark.parametrize("teacher_as", ["logits", "hidden"])
+def test_fused_equals_unfused_values_and_gradients(objective, teacher_as):
+    hidden, weight, bias, teacher, mask = _data(1)
+    g = torch.Generator().manual_seed(2)
+    t_hidden, t_weight = torch.randn(B, T, 6, generator=g), torch.randn(V, 6, generator=g)
+    if teacher_as == "hidden":
+        teacher = t_hidden @ t_weight.T
+    params = PARAMS.get(objective, {})
+    leaves = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    unfused = token_loss(
+        leaves[0] @ leaves[1].T + leaves[2],
+        teacher,
+        objective=objective,
+        mask=mask,
+        temperature=2.0,
+        **params,
+    )
+    unfused.backward()
+    fleaves = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    teacher_kw = (
+        {"teacher_logits": teacher}
+        if teacher_as == "logits"
+        else {"teacher_hidden": t_hidden, "teacher_weight": t_weight}
+    )
+    fused = fused_linear_divergence(
+        fleaves[0],
+        fleaves[1],
+        bias=fleaves[2],
+        mask=mask,
+        objective=objective,
+        temperature=2.0,
+        chunk_size=3,
+        **teacher_kw,
+        **params,
+    )
+    fused.backward()
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    for a, b in zip(leaves, fleaves, strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batch_accumulation_equals_one_batch():
+    hidden, weight, _, teacher, mask = _data(3)
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    fused_linear_divergence(h1, w1, teacher, mask=mask, objective="reverse_kl").backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    total = int(mask.sum())
+    for i in range(B):  # one sequence per micro-batch, one normaliser for the whole batch
+        fused_linear_divergence(
+            h2[i : i + 1],
+            w2,
+            teacher[i : i + 1],
+            mask=mask[i : i + 1],
+            objective="reverse_kl",
+            normalizer=total,
+        ).backward()
+    torch.testing.assert_close(h2.grad, h1.grad)
+    torch.testing.assert_close(w2.grad, w1.grad)
+
+
+def test_fused_handles_bf16_and_empty_masks_and_errors():
+    hidden, weight, _, teacher, mask = _data(4, torch.bfloat16)
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    value = fused_linear_divergence(h, w, teacher, mask=mask)
+    value.backward()
+    assert (
+        value.dtype == torch.float32
+        and h.grad.dtype == torch.bfloat16
+        and torch.isfinite(w.grad.float()).all()
+    )
+    empty = fused_linear_divergence(
+        hidden.float().requires_grad_(),
+        weight.float(),
+        teacher.float(),
+        mask=torch.zeros(B, T, dtype=torch.bool),
+    )
+    assert empty.item() == 0.0
+    with pytest.raises(ValueError, match="teacher_logits or as teacher_hidden"):
+        fused_linear_divergence(hidden, weight)
+    with pytest.raises(ValueError, match=r"weight must be \(V, H\)"):
+        fused_linear_divergence(hidden, weight.T, teacher)
+    with pytest.raises(ValueError, match="unknown token objective"):
+        fused_linear_divergence(hidden, weight, teacher, objective="kdd")
