@@ -146,3 +146,47 @@ def test_fused_handles_bf16_and_empty_masks_and_errors():
         fused_linear_divergence(hidden, weight.T, teacher)
     with pytest.raises(ValueError, match="unknown token objective"):
         fused_linear_divergence(hidden, weight, teacher, objective="kdd")
+
+
+def test_token_metrics_match_the_calibration_functions():
+    import math
+
+    from bdkd import calibration as cal
+    from bdkd.llm.metrics import TokenMetrics
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 7, 11, generator=g) * 3
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    mask = torch.rand(3, 7, generator=g) > 0.3
+    teacher = torch.randn(3, 7, 11, generator=g)
+    m = TokenMetrics()
+    m.update(logits[:2], labels[:2], mask[:2], teacher[:2])
+    m.update(logits[2:], labels[2:], mask[2:], teacher[2:])
+    got = m.compute()
+    z, y = logits[mask], labels[mask]
+    probs = torch.softmax(z.double(), -1)
+    assert got["tokens"] == int(mask.sum())
+    assert got["ece"] == pytest.approx(cal.ece(probs, y), rel=1e-6)
+    assert got["nll"] == pytest.approx(cal.nll(z, y), rel=1e-6)
+    assert got["perplexity"] == pytest.approx(math.exp(cal.nll(z, y)), rel=1e-6)
+    assert got["brier"] == pytest.approx(cal.brier(probs, y), rel=1e-5)
+    assert got["accuracy"] == pytest.approx(float((z.argmax(-1) == y).double().mean()))
+    agree = float((teacher[mask].argmax(-1) == z.argmax(-1)).double().mean())
+    assert got["teacher_top1_agreement"] == pytest.approx(agree)
+    assert got["teacher_forward_kl"] == pytest.approx(
+        float(D.forward_kl(z, teacher[mask])), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="no valid tokens"):
+        TokenMetrics().compute()
+
+
+def test_rouge_l():
+    from bdkd.llm.metrics import mean_rouge_l, rouge_l
+
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    # LCS of "a b c d" and "a c d e" is "a c d": P = R = 3/4
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    assert rouge_l([1, 2, 3], [4, 5]) == 0.0 and rouge_l("", "x") == 0.0
+    assert mean_rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="2 candidates but 1"):
+        mean_rouge_l(["a", "b"], ["a"])
