@@ -190,3 +190,106 @@ def test_rouge_l():
     assert mean_rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="2 candidates but 1"):
         mean_rouge_l(["a", "b"], ["a"])
+
+
+# --------------------------------------------------------------------------- transformers glue
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+
+def _tiny_llama(seed, hidden=16, layers=2, vocab=48):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _batch(seed=0, b=3, t=9, vocab=48):
+    from bdkd.llm.distill import LMBatch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (b, t), generator=g)
+    attention = torch.ones(b, t, dtype=torch.long)
+    attention[0, -2:] = 0  # right padding
+    loss = torch.ones(b, t, dtype=torch.long)
+    loss[:, :3] = 0  # a 3-token prompt
+    return LMBatch(ids, attention, loss)
+
+
+def test_lm_distiller_equals_the_unfused_objective_on_full_logits():
+    from bdkd.llm.distill import CausalLMDistiller
+
+    student, teacher = _tiny_llama(0), _tiny_llama(1, hidden=24, layers=3)
+    batch = _batch()
+    distiller = CausalLMDistiller(
+        student, teacher, objective="bdkd", temperature=2.0, ce_weight=0.5
+    )
+    terms = distiller(batch)
+    s_logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[
+        :, :-1
+    ]
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[
+            :, :-1
+        ]
+    mask = batch.target_mask()
+    expected = token_loss(s_logits, t_logits, objective="bdkd", mask=mask, temperature=2.0)
+    torch.testing.assert_close(terms["bdkd"], expected, rtol=1e-5, atol=1e-6)
+    ce = torch.nn.functional.cross_entropy(s_logits[mask], batch.input_ids[:, 1:][mask])
+    torch.testing.assert_close(terms["ce"], 0.5 * ce, rtol=1e-5, atol=1e-6)
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_accumulation_over_micro_batches_equals_one_large_batch():
+    from bdkd.llm.distill import CausalLMDistiller, LMBatch, accumulate_step
+
+    teacher = _tiny_llama(1)
+    batch = _batch(2, b=4)
+    grads = []
+    for split in (1, 2):
+        student = _tiny_llama(0)
+        distiller = CausalLMDistiller(student, teacher, objective="reverse_kl")
+        opt = torch.optim.SGD(student.parameters(), lr=0.0)  # lr 0: compare the gradients
+        size = 4 // split
+        micro = [
+            LMBatch(
+                batch.input_ids[i : i + size],
+                batch.attention_mask[i : i + size],
+                batch.loss_mask[i : i + size],
+            )
+            for i in range(0, 4, size)
+        ]
+        accumulate_step(distiller, micro, opt)
+        grads.append([p.grad.clone() for p in student.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_few_steps_reduce_the_distillation_loss_and_on_policy_sampling():
+    from bdkd.llm.distill import CausalLMDistiller, accumulate_step, sample_student
+
+    student, teacher = _tiny_llama(0), _tiny_llama(1, hidden=24)
+    distiller = CausalLMDistiller(student, teacher, objective="forward_kl")
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    batch = _batch(3)
+    first = accumulate_step(distiller, [batch], opt)["forward_kl"]
+    for _ in range(30):
+        last = accumulate_step(distiller, [batch], opt)["forward_kl"]
+    assert last < 0.7 * first
+    prompts = batch.input_ids[:, :3]
+    sampled = sample_student(
+        student, prompts, torch.ones_like(prompts), max_new_tokens=5, generator_seed=0
+    )
+    assert sampled.input_ids.shape == (3, 8)
+    assert sampled.loss_mask[:, :3].sum() == 0 and sampled.loss_mask[:, 3:].all()
+    assert torch.isfinite(distiller(sampled)["forward_kl"])

@@ -1,0 +1,193 @@
+"""Distilling causal language models built with transformers.
+
+:class:`CausalLMDistiller` turns a batch of token sequences into named loss terms: the
+token-level objective between the student's and the teacher's next-token distributions,
+through the fused LM-head path (neither network's (tokens, V) logits are materialised), and
+optionally the student's next-token cross-entropy. :func:`accumulate_step` does one optimizer
+step over micro-batches with the loss normalised by the valid tokens of the whole batch, so
+it equals one large batch. :func:`sample_student` draws on-policy sequences (GKD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bdkd.llm.fused import fused_linear_divergence
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """The base model (hidden states after the final norm) and the LM head of a causal LM."""
+    decoder = (
+        model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    )
+    head = (
+        model.get_output_embeddings()
+        if hasattr(model, "get_output_embeddings")
+        else getattr(model, "lm_head", None)
+    )
+    if decoder is None or not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__} does not expose a decoder and a linear LM head")
+    return decoder, head
+
+
+@dataclass
+class LMBatch:
+    """Token ids (B, T), attention mask (B, T) and the mask of tokens that count as targets
+    (B, T): the response tokens, excluding prompt and padding."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    loss_mask: Tensor
+
+    def target_mask(self) -> Tensor:
+        """Positions t whose next token t + 1 is a valid target, shape (B, T - 1)."""
+        return self.loss_mask[:, 1:].bool() & self.attention_mask[:, 1:].bool()
+
+
+class CausalLMDistiller(nn.Module):
+    """Teacher (frozen) and student causal LMs, and the objective between them.
+
+    ``objective`` is any of :data:`bdkd.llm.TOKEN_OBJECTIVES` (its hyper-parameters in
+    ``params``); ``distill_weight`` scales it and ``ce_weight`` adds the student's next-token
+    cross-entropy (which does materialise the student's logits, so it defaults to 0).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        objective: str = "forward_kl",
+        temperature: float = 1.0,
+        distill_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        chunk_size: int = 1024,
+        **params: float,
+    ) -> None:
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.objective, self.temperature, self.params = objective, temperature, params
+        self.distill_weight, self.ce_weight, self.chunk_size = distill_weight, ce_weight, chunk_size
+
+    def train(self, mode: bool = True) -> CausalLMDistiller:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, batch: LMBatch, normalizer: float | None = None) -> dict[str, Tensor]:
+        """Named loss terms of ``batch``; ``normalizer`` divides token sums (accumulation)."""
+        mask = batch.target_mask()
+        s_decoder, s_head = _decoder_and_head(self.student)
+        t_decoder, t_head = _decoder_and_head(self.teacher)
+        with torch.no_grad():
+            t_hidden = t_decoder(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).last_hidden_state[:, :-1]
+        s_hidden = s_decoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state[:, :-1]
+        reduction = "sum" if normalizer is not None else "mean"
+        terms = {
+            self.objective: self.distill_weight
+            * fused_linear_divergence(
+                s_hidden,
+                s_head.weight,
+                teacher_hidden=t_hidden,
+                teacher_weight=t_head.weight,
+                bias=s_head.bias,
+                teacher_bias=t_head.bias,
+                mask=mask,
+                objective=self.objective,
+                temperature=self.temperature,
+                reduction=reduction,
+                normalizer=normalizer,
+                chunk_size=self.chunk_size,
+                **self.params,
+            )
+        }
+        if self.ce_weight:
+            logits = s_head(s_hidden)[mask].float()
+            ce = F.cross_entropy(logits, batch.input_ids[:, 1:][mask], reduction="sum")
+            terms["ce"] = (
+                self.ce_weight
+                * ce
+                / (normalizer if normalizer is not None else max(int(mask.sum()), 1))
+            )
+        return terms
+
+
+def accumulate_step(
+    distiller: CausalLMDistiller,
+    micro_batches: Sequence[LMBatch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    grad_clip: float | None = None,
+) -> dict[str, float]:
+    """One optimizer step over ``micro_batches``; the loss is normalised by the valid target
+    tokens of all of them together, so the gradient equals that of one large batch."""
+    total_tokens = sum(int(b.target_mask().sum()) for b in micro_batches)
+    if total_tokens == 0:
+        raise ValueError("the micro-batches hold no target tokens")
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    for batch in micro_batches:
+        terms = distiller(batch, normalizer=total_tokens)
+        sum(terms.values()).backward()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(distiller.student.parameters(), grad_clip)
+    optimizer.step()
+    return sums
+
+
+@torch.no_grad()
+def sample_student(
+    student: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    pad_token_id: int = 0,
+    generator_seed: int | None = None,
+) -> LMBatch:
+    """On-policy sequences: the student continues each (left-padded) prompt by sampling; the
+    generated tokens are the targets (GKD's on-policy data)."""
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    was_training = student.training
+    student.eval()
+    out = student.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        pad_token_id=pad_token_id,
+    )
+    student.train(was_training)
+    generated = out.shape[1] - prompt_ids.shape[1]
+    attention = torch.cat(
+        [
+            prompt_mask,
+            torch.ones(out.shape[0], generated, dtype=prompt_mask.dtype, device=out.device),
+        ],
+        1,
+    )
+    loss_mask = torch.cat(
+        [
+            torch.zeros_like(prompt_mask),
+            torch.ones(out.shape[0], generated, dtype=prompt_mask.dtype, device=out.device),
+        ],
+        1,
+    )
+    return LMBatch(out, attention, loss_mask)
