@@ -244,6 +244,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_llm_distill(args: argparse.Namespace) -> int:
+    from bdkd.llm.run import load_llm_config, run_llm_distill
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(
+                f"{run_dir}: no config.yaml, so it is not a run directory to resume"
+            )
+        cfg = load_llm_config(run_dir / "config.yaml")
+        summary = run_llm_distill(cfg, run_dir, resume=True)
+    else:
+        if not args.config:
+            raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_llm_config(args.config, args.overrides)
+        name = cfg.output.name or f"{Path(args.config).stem}-seed{cfg.train.seed}"
+        run_dir = Path(args.out) if args.out else Path(cfg.output.dir) / name
+        summary = run_llm_distill(cfg, run_dir, force=args.force)
+    r = summary["results"]["student"]
+    print(
+        f"{summary['objective']}: perplexity {r['perplexity']:.2f}, next-token accuracy {100 * r['accuracy']:.2f} %, "
+        f"token ECE {100 * r['ece']:.2f} %, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}, teacher top-1 agreement "
+        f"{100 * r['teacher_top1_agreement']:.2f} %, ROUGE-L vs teacher {r['rouge_l_vs_teacher']:.3f}"
+    )
+    print(f"run written to {run_dir}")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from bdkd.data import available_datasets
     from bdkd.distillers import available_methods
@@ -343,6 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.set_defaults(func=_cmd_compare)
 
+    llm = sub.add_parser(
+        "llm-distill",
+        help="distil a causal language model (SmolLM2 teacher, small Llama student) on a corpus",
+        description="Distil a causal LM from a YAML config (see configs/llm/); dotted overrides as for train.",
+    )
+    llm.add_argument("config", nargs="?")
+    llm.add_argument("overrides", nargs="*")
+    llm.add_argument("--resume", metavar="RUN_DIR")
+    llm.add_argument("--force", action="store_true")
+    llm.add_argument("--out")
+    llm.set_defaults(func=_cmd_llm_distill)
+
     methods = sub.add_parser("methods", help="list the methods, models and datasets")
     methods.set_defaults(func=_cmd_methods)
     return parser
@@ -354,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
-    if getattr(args, "command", None) in ("train", "demo"):
+    if getattr(args, "command", None) in ("train", "demo", "llm-distill"):
         overrides = [a for a in extra if "=" in a and not a.startswith("-")]
         args.overrides = [*args.overrides, *overrides]
         extra = [a for a in extra if a not in overrides]
