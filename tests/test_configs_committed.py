@@ -37,3 +37,11 @@ def test_config_builds(path):
     for frozen in distiller.frozen:
         assert cfg.networks[frozen].checkpoint, f"{path}: frozen {frozen} has no checkpoint"
     assert cfg.output.name
+
+
+@pytest.mark.parametrize("path", LLM_CONFIGS, ids=lambda p: p.name)
+def test_llm_config_validates(path):
+    from bdkd.llm.run import load_llm_config
+
+    cfg = load_llm_config(path)
+    assert cfg.teacher.source == "smollm2" and cfg.output.name
