@@ -10,11 +10,9 @@ from bdkd.config import load_config
 from bdkd.distillers import create_distiller
 from bdkd.models import create_model
 
-CONFIGS = sorted(
-    p
-    for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
-    if p.name != "base.yaml"
-)
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.name != "base.yaml" and "llm" not in p.parts)
+LLM_CONFIGS = sorted((ROOT / "llm").glob("*.yaml"))
 CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar100": 100, "cifar10": 10}
 
 
