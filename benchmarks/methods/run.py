@@ -1,6 +1,6 @@
 """Every method on Fashion-MNIST in two regimes, several seeds; tables with mean +- std.
 
-    python benchmarks/methods/run.py            # both regimes, 3 seeds (about 70 min, 2 cores)
+    python benchmarks/methods/run.py            # both regimes, 3 seeds (about 60 min, 2 cores)
     python benchmarks/methods/run.py --quick    # one seed, for a fast check
 
 Runs go to benchmarks/runs/ (a finished run is reused, a killed one resumed); the tables go to
@@ -261,7 +261,7 @@ def write_markdown(
         "",
     ]
     titles = {
-        1: "## Regime 1 — the calibration regime (5,000 training images, no augmentation, 20 epochs; student 1/5 of the teacher)",
+        1: "## Regime 1 — the calibration regime (2,000 training images, no augmentation, 40 epochs; student 1/5 of the teacher)",
         2: "## Regime 2 — full data, short schedule (55,000 images, 3 epochs; student 1/57 of the teacher)",
     }
     for regime, data in raw["regimes"].items():
