@@ -293,6 +293,9 @@ def write_markdown(
         lines.append("")
     if figure is not None:
         lines += [f"![reliability diagrams of the students (regime 1, seed 0)]({figure.name})", ""]
+    # the reading of the numbers is written by hand under "## Reading"; keep it on regeneration
+    if path.is_file() and "\n## Reading" in path.read_text():
+        lines += ["## Reading" + path.read_text().split("\n## Reading", 1)[1].rstrip("\n"), ""]
     path.write_text("\n".join(lines))
 
 
