@@ -62,8 +62,9 @@ def cache_rows(tmp: Path, rounds: int) -> list[str]:
     cached_cfg = {**BASE, "method": {"name": "kd"}, "networks": nets}
     cached_cfg["train"] = {**BASE["train"], "teacher_cache": str(tmp / "cache")}
     filler = Trainer(validate(cached_cfg), tmp / "filler")
-    fill = epoch_seconds(filler, 0)  # live teacher + writing the cache
-    cached = Trainer(validate(cached_cfg), tmp / "cached")
+    epoch_seconds(filler, 0)  # warm-up (fills epoch 0)
+    fill = epoch_seconds(filler, 1)  # live teacher + writing the cache, warm
+    cached = Trainer(validate(cached_cfg), tmp / "cached")  # reads the filled epochs
     alone = Trainer(
         validate(
             {**BASE, "method": {"name": "scratch"}, "networks": {"student": {"model": "cnn_small"}}}
