@@ -153,8 +153,18 @@ def main() -> None:
     parser.add_argument("--regimes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs"))
     parser.add_argument("--epochs", type=int, help="smoke tests only: override every run's epochs")
+    parser.add_argument(
+        "--sweep-seed", type=int, default=0, help="the seed whose runs choose the swept settings"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (e.g. 1 when running two of these side by side)"
+    )
     parser.add_argument("--results-md", help="write the tables here instead")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.epochs:
         EPOCHS_OVERRIDE.append(f"train.epochs={args.epochs}")
     seeds = [0] if args.quick else args.seeds
@@ -174,16 +184,26 @@ def main() -> None:
             s = train(teacher_run, regime, seed, "teacher", {"name": "scratch"}, None)
             results["teacher"].append(s["results"]["student"])
             seconds["teacher"].append(s["seconds_per_epoch"])
-            if regime == 1 and seed == seeds[0]:
+            if regime == 1 and not tuned:
+                sweep_base = runs / f"regime{regime}" / f"seed{args.sweep_seed}"
+                sweep_teacher = sweep_base / "teacher"
+                train(sweep_teacher, regime, args.sweep_seed, "teacher", {"name": "scratch"}, None)
                 for method, alternatives in SWEEPS.items():
-                    default_dir = base / method
-                    train(default_dir, regime, seed, method, method_spec(method, {}), teacher_run)
+                    default_dir = sweep_base / method
+                    train(
+                        default_dir,
+                        regime,
+                        args.sweep_seed,
+                        method,
+                        method_spec(method, {}),
+                        sweep_teacher,
+                    )
                     best, best_nll = {}, val_nll(default_dir)
                     sweep_rows.append((method, method_spec(method, {}), best_nll))
                     for i, alt in enumerate(alternatives, start=1):
-                        alt_dir = base / f"{method}-alt{i}"
+                        alt_dir = sweep_base / f"{method}-alt{i}"
                         spec = {**method_spec(method, {}), **alt}
-                        train(alt_dir, regime, seed, method, spec, teacher_run)
+                        train(alt_dir, regime, args.sweep_seed, method, spec, sweep_teacher)
                         nll = val_nll(alt_dir)
                         sweep_rows.append((method, spec, nll))
                         if nll < best_nll:
@@ -195,7 +215,7 @@ def main() -> None:
                 if method in tuned and tuned[method]:
                     index = SWEEPS[method].index(tuned[method]) + 1
                     alt_dir = base / f"{method}-alt{index}"
-                    run_dir = alt_dir if seed == seeds[0] else base / f"{method}-tuned"
+                    run_dir = alt_dir if seed == args.sweep_seed else base / f"{method}-tuned"
                 s = train(run_dir, regime, seed, method, spec, teacher_run)
                 results.setdefault(method, []).append(s["results"][s["deployed"]])
                 seconds.setdefault(method, []).append(s["seconds_per_epoch"])
