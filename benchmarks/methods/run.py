@@ -85,6 +85,7 @@ def method_spec(method: str, tuned: dict[str, dict]) -> dict:
 
 
 EPOCHS_OVERRIDE: list[str] = []
+REPORT_ONLY: list[bool] = [False]
 
 
 def train(
@@ -93,6 +94,8 @@ def train(
     """Train one run (or reuse / resume it) and return its summary."""
     if (run_dir / "summary.json").is_file():
         return load_summary(run_dir)
+    if REPORT_ONLY[0]:
+        return None
     base = HERE / "configs" / f"regime{regime}_base.yaml"
     data = apply_overrides(read_yaml(base), [f"train.seed={seed}", *EPOCHS_OVERRIDE])
     model, kwargs = STUDENT[regime]
@@ -132,8 +135,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def table(rows: dict[str, list[dict]], seconds: dict[str, list[float]]) -> list[str]:
     lines = [
-        "| method | " + " | ".join(c for _, c, _ in METRICS) + " | s / epoch |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        "| method | seeds | " + " | ".join(c for _, c, _ in METRICS) + " | s / epoch |",
+        "|---|---|" + "---|" * (len(METRICS) + 1),
     ]
     for method, results in rows.items():
         cells = []
@@ -142,7 +145,9 @@ def table(rows: dict[str, list[dict]], seconds: dict[str, list[float]]) -> list[
             digits = 4 if scale == 1 else 2
             cells.append(f"{m:.{digits}f} ± {s:.{digits}f}")
         sec = statistics.mean(seconds[method])
-        lines.append(f"| {LABEL[method]} | " + " | ".join(cells) + f" | {sec:.1f} |")
+        lines.append(
+            f"| {LABEL[method]} | {len(results)} | " + " | ".join(cells) + f" | {sec:.1f} |"
+        )
     return lines
 
 
@@ -160,11 +165,18 @@ def main() -> None:
         "--threads", type=int, help="torch threads (e.g. 1 when running two of these side by side)"
     )
     parser.add_argument("--results-md", help="write the tables here instead")
+    parser.add_argument(
+        "--methods", nargs="+", help="only these methods (default: all of the regime)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing; tabulate finished runs"
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    REPORT_ONLY[0] = args.report_only
     if args.epochs:
         EPOCHS_OVERRIDE.append(f"train.epochs={args.epochs}")
     seeds = [0] if args.quick else args.seeds
@@ -174,6 +186,8 @@ def main() -> None:
     figure_runs: list[Path] = []
     for regime in args.regimes:
         methods = REGIME1 if regime == 1 else REGIME2
+        if args.methods:
+            methods = [m for m in methods if m in args.methods]
         tuned: dict[str, dict] = {}
         sweep_rows = []
         results: dict[str, list[dict]] = {"teacher": []}
@@ -182,8 +196,9 @@ def main() -> None:
             base = runs / f"regime{regime}" / f"seed{seed}"
             teacher_run = base / "teacher"
             s = train(teacher_run, regime, seed, "teacher", {"name": "scratch"}, None)
-            results["teacher"].append(s["results"]["student"])
-            seconds["teacher"].append(s["seconds_per_epoch"])
+            if s is not None:
+                results["teacher"].append(s["results"]["student"])
+                seconds["teacher"].append(s["seconds_per_epoch"])
             if regime == 1 and not tuned:
                 sweep_base = runs / f"regime{regime}" / f"seed{args.sweep_seed}"
                 sweep_teacher = sweep_base / "teacher"
@@ -198,12 +213,18 @@ def main() -> None:
                         method_spec(method, {}),
                         sweep_teacher,
                     )
+                    if not (default_dir / "summary.json").is_file():
+                        continue
                     best, best_nll = {}, val_nll(default_dir)
                     sweep_rows.append((method, method_spec(method, {}), best_nll))
                     for i, alt in enumerate(alternatives, start=1):
                         alt_dir = sweep_base / f"{method}-alt{i}"
                         spec = {**method_spec(method, {}), **alt}
-                        train(alt_dir, regime, args.sweep_seed, method, spec, sweep_teacher)
+                        if (
+                            train(alt_dir, regime, args.sweep_seed, method, spec, sweep_teacher)
+                            is None
+                        ):
+                            continue
                         nll = val_nll(alt_dir)
                         sweep_rows.append((method, spec, nll))
                         if nll < best_nll:
@@ -217,6 +238,8 @@ def main() -> None:
                     alt_dir = base / f"{method}-alt{index}"
                     run_dir = alt_dir if seed == args.sweep_seed else base / f"{method}-tuned"
                 s = train(run_dir, regime, seed, method, spec, teacher_run)
+                if s is None:
+                    continue
                 results.setdefault(method, []).append(s["results"][s["deployed"]])
                 seconds.setdefault(method, []).append(s["seconds_per_epoch"])
                 if (
