@@ -250,8 +250,10 @@ def evaluate_lm(
     pad: int,
     device: torch.device,
     batch: int = 16,
+    teacher_metrics: TokenMetrics | None = None,
 ) -> dict[str, float]:
-    """Student next-token metrics and teacher agreement over ``seqs``."""
+    """Student next-token metrics and teacher agreement over ``seqs``; the teacher's own
+    next-token metrics are accumulated into ``teacher_metrics`` when it is given."""
     metrics = TokenMetrics()
     distiller.eval()
     for i in range(0, len(seqs), batch):
@@ -259,6 +261,8 @@ def evaluate_lm(
         s = distiller.student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
         t = distiller.teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
         metrics.update(s, b.input_ids[:, 1:], b.target_mask(), t)
+        if teacher_metrics is not None:
+            teacher_metrics.update(t, b.input_ids[:, 1:], b.target_mask())
     return metrics.compute()
 
 
@@ -374,13 +378,16 @@ def run_llm_distill(
                 file=sys.stderr,
                 flush=True,
             )
-    results = evaluate_lm(distiller, test, pad, device)
+    teacher_metrics = TokenMetrics()
+    results = evaluate_lm(distiller, test, pad, device, teacher_metrics=teacher_metrics)
+    teacher_results = teacher_metrics.compute()
     prompts = torch.tensor([s[: cfg.data.prompt_tokens] for s in test], device=device)
     s_gen = greedy(student, prompts, tc.max_new_tokens, pad)
     t_gen = greedy(teacher, prompts, tc.max_new_tokens, pad)
     refs = [s[cfg.data.prompt_tokens : cfg.data.prompt_tokens + tc.max_new_tokens] for s in test]
     results["rouge_l_vs_teacher"] = mean_rouge_l(s_gen, t_gen)
     results["rouge_l_vs_reference"] = mean_rouge_l(s_gen, refs)
+    teacher_results["rouge_l_vs_reference"] = mean_rouge_l(t_gen, refs)
     summary = {
         "objective": t.name,
         "params": t.params,
@@ -389,7 +396,8 @@ def run_llm_distill(
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "steps": tc.steps,
         "seed": tc.seed,
-        "results": {"student": results},
+        "seconds": time.perf_counter() - began,
+        "results": {"student": results, "teacher": teacher_results},
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
