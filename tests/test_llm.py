@@ -374,6 +374,9 @@ def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch)
         "teacher_top1_agreement",
         "rouge_l_vs_teacher",
     } <= set(r)
+    assert {"perplexity", "ece", "nll", "brier", "rouge_l_vs_reference"} <= set(
+        summary["results"]["teacher"]
+    )
     assert len((whole / "metrics.jsonl").read_text().splitlines()) == 2
 
     real = llm_run.accumulate_step
@@ -396,7 +399,11 @@ def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch)
     b = torch.load(broken / "checkpoints" / "last.pt", weights_only=False)["networks"]["student"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert json.loads((broken / "summary.json").read_text())["results"] == summary["results"]
+    resumed = json.loads((broken / "summary.json").read_text())
+    assert resumed["results"] == summary["results"]
+    # wall-clock counts the steps before the interruption too
+    before = json.loads((broken / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+    assert resumed["seconds"] >= before
 
 
 def test_llm_config_errors(tmp_path, capsys):

@@ -314,7 +314,7 @@ def run_llm_distill(
     optimizer = torch.optim.AdamW(
         student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    start = 0
+    start, elapsed = 0, 0.0
     ckpt = run_dir / "checkpoints" / "last.pt"
     if resume:
         state = load_checkpoint(ckpt, map_location=device)
@@ -322,6 +322,7 @@ def run_llm_distill(
         optimizer.load_state_dict(state["optimizers"]["student"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        elapsed = float(state.get("seconds", 0.0))  # wall-clock before the interruption
         truncate_metrics(run_dir / "metrics.jsonl", start)
     else:
         prepare_run_dir(run_dir, force=force)
@@ -329,7 +330,7 @@ def run_llm_distill(
 
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(_asdict(cfg), sort_keys=False))
     tc = cfg.train
-    began = time.perf_counter()
+    began = time.perf_counter() - elapsed
     for step in range(start, tc.steps):
         rng = random.Random(tc.seed * 1_000_003 + step)
         distiller.train()
@@ -369,6 +370,7 @@ def run_llm_distill(
                     "networks": {"student": student.state_dict()},
                     "optimizers": {"student": optimizer.state_dict()},
                     "rng": rng_state(),
+                    "seconds": record["seconds"],
                     "config": _asdict(cfg),
                 },
                 ckpt,
