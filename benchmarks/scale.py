@@ -177,8 +177,8 @@ def ddp_rows(tmp: Path) -> list[str]:
                 capture_output=True,
             )
             runs[n] = (out, time.perf_counter() - start)
-        wa = torch.load(runs[1][0] / "checkpoints" / "last.pt", weights_only=False)["networks"]
-        wb = torch.load(runs[2][0] / "checkpoints" / "last.pt", weights_only=False)["networks"]
+        wa = torch.load(runs[1][0] / "checkpoints" / "last.pt", weights_only=True)["networks"]
+        wb = torch.load(runs[2][0] / "checkpoints" / "last.pt", weights_only=True)["networks"]
         wdiff = max(
             float((wa[n][k].float() - wb[n][k].float()).abs().max()) for n in wa for k in wa[n]
         )

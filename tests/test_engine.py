@@ -138,7 +138,7 @@ def test_bad_overrides_and_configs_are_one_line_errors(tmp_path, capsys):
 
 
 def _final_state(run: Path):
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
 
 
 def _assert_states_equal(a, b):

@@ -336,30 +336,11 @@ def test_smollm2_gguf_teacher_loads_offline():
     assert logits.shape[-1] == 49152 and torch.isfinite(logits).all()
 
 
-def _tiny_config(tmp_path):
-    corpus = tmp_path / "fortunes"
-    texts = [
-        f"fortune number {i}: the early bird gets the worm, but the second mouse gets the cheese."
-        for i in range(40)
-    ]
-    corpus.write_text("\n%\n".join(texts) + "\n")
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        f"""teacher: {{source: tiny}}
-student: {{init: random, layers: 1, hidden_size: 16, num_attention_heads: 2}}
-data: {{corpus: fortunes, path: {corpus}, max_length: 48, prompt_tokens: 8, val_size: 4, test_size: 4}}
-objective: {{name: bdkd, temperature: 1.0}}
-train: {{steps: 4, micro_batch: 2, accumulation: 2, lr: 0.003, eval_every: 2, max_new_tokens: 6, on_policy_fraction: 0.5, threads: 1}}
-"""
-    )
-    return cfg
-
-
-def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch, tiny_llm_config):
     from bdkd.cli import main
     from bdkd.llm import run as llm_run
 
-    cfg = _tiny_config(tmp_path)
+    cfg = tiny_llm_config
     whole = tmp_path / "whole"
     assert main(["llm-distill", str(cfg), "--out", str(whole)]) == 0
     out = capsys.readouterr().out
@@ -390,13 +371,12 @@ def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch)
 
     broken = tmp_path / "broken"
     monkeypatch.setattr(llm_run, "accumulate_step", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        main(["llm-distill", str(cfg), "--out", str(broken)])
+    assert main(["llm-distill", str(cfg), "--out", str(broken)]) == 130  # interrupted
     monkeypatch.setattr(llm_run, "accumulate_step", real)
     assert not (broken / "summary.json").exists()
     assert main(["llm-distill", "--resume", str(broken)]) == 0
-    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)["networks"]["student"]
-    b = torch.load(broken / "checkpoints" / "last.pt", weights_only=False)["networks"]["student"]
+    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["networks"]["student"]
+    b = torch.load(broken / "checkpoints" / "last.pt", weights_only=True)["networks"]["student"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     resumed = json.loads((broken / "summary.json").read_text())
@@ -406,10 +386,10 @@ def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch)
     assert resumed["seconds"] >= before
 
 
-def test_llm_config_errors(tmp_path, capsys):
+def test_llm_config_errors(tmp_path, capsys, tiny_llm_config):
     from bdkd.cli import main
 
-    cfg = _tiny_config(tmp_path)
+    cfg = tiny_llm_config
     assert main(["llm-distill", str(cfg), "objective.name=kdd", "--out", str(tmp_path / "x")]) == 2
     assert "objective.name" in capsys.readouterr().err
     assert (

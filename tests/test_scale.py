@@ -34,7 +34,7 @@ def teacher(digits_teacher):
 
 
 def _weights(run: Path):
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["networks"]
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["networks"]
 
 
 def _bdkd(*args: str) -> list[str]:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bdkd.files import atomic_path
+
 __all__ = [
     "CalibrationAccumulator",
     "adaptive_ece",
@@ -412,7 +414,6 @@ def reliability_diagram(
         raise ValueError("reliability_diagram needs at least one model")
     _check_bins(n_bins)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     k = len(models)
     fig, axes = plt.subplots(
         2, k, figsize=(3.6 * k, 5.4), squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]}
@@ -478,10 +479,11 @@ def reliability_diagram(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -523,4 +525,22 @@ def load_logits(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: missing {missing}; found keys {sorted(arrays)}")
     if ("val_logits" in arrays) != ("val_labels" in arrays):
         raise ValueError(f"{path}: 'val_logits' and 'val_labels' must be given together")
+    for logits_key, labels_key in (("logits", "labels"), ("val_logits", "val_labels")):
+        if logits_key not in arrays:
+            continue
+        z, y = arrays[logits_key], arrays[labels_key]
+        if z.dim() != 2 or y.dim() != 1:
+            raise ValueError(
+                f"{path}: {logits_key!r} must be (N, C) and {labels_key!r} (N,), got "
+                f"{tuple(z.shape)} and {tuple(y.shape)}"
+            )
+        if z.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{path}: {z.shape[0]} rows of {logits_key!r} but {y.shape[0]} {labels_key!r}"
+            )
+    if "val_logits" in arrays and arrays["val_logits"].shape[1] != arrays["logits"].shape[1]:
+        raise ValueError(
+            f"{path}: 'val_logits' has {arrays['val_logits'].shape[1]} classes, 'logits' "
+            f"{arrays['logits'].shape[1]}"
+        )
     return arrays

@@ -78,16 +78,40 @@ def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _check_bins(bins: int) -> None:
+    from bdkd.config import MAX_BINS
+
+    if not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"--bins must be in [1, {MAX_BINS}], got {bins}")
+
+
+def _check_figure(path: str | None, force: bool, flag: str) -> None:
+    """A figure path must end in .png and not replace a file without --force."""
+    from bdkd.files import check_new_file
+
+    if path is None:
+        return
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{flag} {path}: figures are written as PNG; give a name ending in .png")
+    check_new_file(path, force=force, what=flag)
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from bdkd import calibration as cal
 
+    _check_bins(args.bins)
+    _check_figure(args.diagram, args.force, "--diagram")
     data = cal.load_logits(args.file)
     logits, labels = data["logits"], data["labels"]
     if args.val is not None:
         val = cal.load_logits(args.val)
         fit_logits, fit_labels = val["logits"], val["labels"]
+        if fit_logits.shape[1] != logits.shape[1]:
+            raise ValueError(
+                f"{args.val} has {fit_logits.shape[1]} classes, {args.file} {logits.shape[1]}"
+            )
         source = f"fitted on {args.val}"
     elif "val_logits" in data:
         fit_logits, fit_labels = data["val_logits"], data["val_labels"]
@@ -126,18 +150,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_run_dir(config_path: str, cfg: object) -> Path:
-    name = cfg.output.name or f"{Path(config_path).stem}-seed{cfg.train.seed}"
-    return Path(cfg.output.dir) / name
-
-
 def _relaunch_distributed(argv: Sequence[str], nproc: int) -> int:
     """Run this same command in ``nproc`` processes through torch.distributed.run."""
     import os
     import subprocess
 
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
     rest, skip = [], False
     for a in argv:
         if skip:
@@ -164,25 +181,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bdkd.config import load_config, read_yaml, validate
     from bdkd.engine import Trainer
     from bdkd.engine.distributed import destroy
+    from bdkd.engine.loop import check_resumable
+    from bdkd.engine.rundir import default_run_dir
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc and args.nproc > 1:
         return _relaunch_distributed(args.argv, args.nproc)
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"{run_dir}: no config.yaml, so it is not a bdkd run directory to resume"
-            )
         if args.config or args.overrides:
             raise ValueError(
                 "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
             )
+        check_resumable(run_dir)
         cfg = validate(read_yaml(run_dir / "config.yaml"))
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise FileNotFoundError(
-                f"{run_dir}: no checkpoints/last.pt yet; start it again with --force"
-            )
         trainer = Trainer(cfg, run_dir, resume=True)
         print(
             f"resuming {run_dir} at epoch {trainer.start_epoch + 1}/{cfg.train.epochs}",
@@ -192,8 +206,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(args.config, cfg)
-        trainer = Trainer(cfg, run_dir, force=args.force)
+        run_dir = (
+            Path(args.out)
+            if args.out
+            else default_run_dir(args.config, cfg.output.dir, cfg.output.name, cfg.train.seed)
+        )
+        trainer = Trainer(cfg, run_dir, force=args.force, protect=(args.config,))
     summary = trainer.fit()
     from bdkd.report import markdown_table
 
@@ -205,11 +223,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from bdkd.engine.evaluate import evaluate_checkpoint
-    from bdkd.report import markdown_table
+    from bdkd.files import check_new_file
+    from bdkd.report import markdown_table, save_arrays
 
+    _check_bins(args.bins)
+    out = None
+    if args.save_logits:
+        out = Path(args.save_logits)
+        if out.suffix != ".npz":  # numpy would add it; check the file that gets written
+            out = out.with_name(out.name + ".npz")
+        check_new_file(out, force=args.force, what="--save-logits")
     results, logits, labels = evaluate_checkpoint(
         args.target,
         split=args.split,
@@ -221,16 +245,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"{args.target}: {args.split} split, {labels.shape[0]} samples, {args.bins} bins")
     print(markdown_table(results))
-    if args.save_logits:
-        out = Path(args.save_logits)
-        if out.exists() and not args.force:
-            raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if out is not None:
         arrays = {"labels": labels.numpy()}
         if len(logits) == 1:
             arrays["logits"] = next(iter(logits.values())).numpy()
         for name, z in logits.items():
             arrays[f"logits_{name}"] = z.numpy()
-        np.savez(out, **arrays)
+        save_arrays(out, **arrays)
         print(f"logits written to {out}")
     return 0
 
@@ -238,6 +259,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from bdkd.report import compare_runs
 
+    _check_figure(args.figure, args.force, "--figure")
     print(compare_runs(args.runs, args.figure, all_networks=args.all_networks))
     if args.figure:
         print(f"reliability figure written to {args.figure}")
@@ -245,23 +267,29 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_llm_distill(args: argparse.Namespace) -> int:
+    from bdkd.engine.loop import check_resumable
+    from bdkd.engine.rundir import default_run_dir
     from bdkd.llm.run import load_llm_config, run_llm_distill
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"{run_dir}: no config.yaml, so it is not a run directory to resume"
+        if args.config or args.overrides:
+            raise ValueError(
+                "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
             )
+        check_resumable(run_dir)
         cfg = load_llm_config(run_dir / "config.yaml")
         summary = run_llm_distill(cfg, run_dir, resume=True)
     else:
         if not args.config:
             raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
         cfg = load_llm_config(args.config, args.overrides)
-        name = cfg.output.name or f"{Path(args.config).stem}-seed{cfg.train.seed}"
-        run_dir = Path(args.out) if args.out else Path(cfg.output.dir) / name
-        summary = run_llm_distill(cfg, run_dir, force=args.force)
+        run_dir = (
+            Path(args.out)
+            if args.out
+            else default_run_dir(args.config, cfg.output.dir, cfg.output.name, cfg.train.seed)
+        )
+        summary = run_llm_distill(cfg, run_dir, force=args.force, protect=(args.config,))
     r = summary["results"]["student"]
     print(
         f"{summary['objective']}: perplexity {r['perplexity']:.2f}, next-token accuracy {100 * r['accuracy']:.2f} %, "
@@ -325,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--fit-fraction", type=float, default=0.5)
     calib.add_argument("--seed", type=int, default=0, help="seed of the fit/report split")
     calib.add_argument("--diagram", help="also write a reliability diagram PNG here")
+    calib.add_argument("--force", action="store_true", help="overwrite --diagram")
     calib.set_defaults(func=_cmd_calibrate)
 
     train = sub.add_parser(
@@ -340,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint"
     )
-    train.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing run directory made by bdkd (after the new run has validated)",
+    )
     train.add_argument("--out", help="the run directory (overrides output.dir/output.name)")
     train.add_argument(
         "--nproc",
@@ -369,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--all-networks", action="store_true", help="every network, not only the deployed one"
     )
+    cmp_.add_argument("--force", action="store_true", help="overwrite --figure")
     cmp_.set_defaults(func=_cmd_compare)
 
     llm = sub.add_parser(
@@ -388,6 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OSError,
+    ImportError,
+    RuntimeError,
+)
+"""Shown as one line ``bdkd COMMAND: error: ...`` (``BDKD_TRACEBACK=1`` shows tracebacks)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bdkd`` console script."""
     parser = build_parser()
@@ -403,10 +447,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    import os
+
+    if os.environ.get("BDKD_TRACEBACK"):
+        return int(args.func(args))
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
-        print(f"bdkd {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"bdkd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not isinstance(err, EXPECTED_ERRORS):
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        if type(err) is RuntimeError:  # torch's own errors: say how to see where
+            text += " (set BDKD_TRACEBACK=1 to see where)"
+        print(f"bdkd {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -1,14 +1,24 @@
 """Typed run configuration: YAML in, validated dataclasses out, dotted overrides.
 
-Unknown keys and wrong types are errors that name the key and what is allowed. A config may
-start from others with ``base: other.yaml`` (a path relative to the file, or a list of
-them); its own keys are merged over theirs. The resolved config is saved with every run.
+Unknown keys, wrong types, values out of range and non-finite numbers are errors that name
+the key and what is allowed. A config may start from others with ``base: other.yaml`` (a
+path relative to the file, or a list of them); its own keys are merged over theirs. The
+resolved config is saved with every run.
+
+YAML is read with the YAML 1.2 rule for numbers, so ``lr: 1e-3`` is the float 0.001 (YAML
+1.1, PyYAML's default, reads it as a string), and dates stay text.
+
+The schema is plain dataclasses; :func:`spec` attaches a range or a set of choices to a
+field, and :func:`build_section` validates a mapping into any such dataclass (the LLM side
+uses it for its own sections).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,23 +32,66 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
 
 
+# --------------------------------------------------------------------------- schema helpers
+
+
+def spec(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    items: dict[str, float] | None = None,
+) -> Any:
+    """A dataclass field with a range (``gt``/``ge``/``lt``/``le``) or ``choices``; for a
+    list field, ``items`` is the range of each element (e.g. ``{"ge": 0}``)."""
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    meta = {"range": bounds, "choices": choices, "items": items or {}}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_RULES = {
+    "gt": (lambda v, b: v > b, "> {}"),
+    "ge": (lambda v, b: v >= b, ">= {}"),
+    "lt": (lambda v, b: v < b, "< {}"),
+    "le": (lambda v, b: v <= b, "<= {}"),
+}
+
+
+def check_range(key: str, value: Any, bounds: dict[str, float]) -> None:
+    """Raise a ConfigError naming ``key`` unless the number ``value`` lies within ``bounds``."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not all(_RULES[name][0](value, bound) for name, bound in bounds.items()):
+        wanted = " and ".join(_RULES[n][1].format(b) for n, b in bounds.items())
+        raise ConfigError(f"config key {key!r}: must be {wanted}, got {value}")
+
+
+# --------------------------------------------------------------------------- the schema
+
+
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    name: str = spec("sgd", choices=("sgd", "adamw"))
+    lr: float = spec(0.05, gt=0)
+    momentum: float = spec(0.9, ge=0, lt=1)
+    weight_decay: float = spec(5e-4, ge=0)
     nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = spec(default_factory=lambda: [0.9, 0.999], items={"ge": 0, "lt": 1})
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    min_lr: float = 0.0
+    name: str = spec("multistep", choices=("multistep", "cosine", "constant"))
+    milestones: list[int] = spec(default_factory=lambda: [150, 180, 210], items={"ge": 0})
+    gamma: float = spec(0.1, gt=0)
+    warmup_epochs: int = spec(0, ge=0)
+    min_lr: float = spec(0.0, ge=0)
 
 
 @dataclass
@@ -55,32 +108,36 @@ class NetworkConfig:
 class DataConfig:
     dataset: str = "digits"
     root: str | None = None
-    val_size: int | float = 0.1
-    train_size: int | None = None
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    val_size: int | float = spec(0.1, ge=0)
+    train_size: int | None = spec(None, ge=1)
+    batch_size: int = spec(128, ge=1)
+    eval_batch_size: int = spec(512, ge=1)
     augment: bool = True
-    crop_padding: int | None = None
+    crop_padding: int | None = spec(None, ge=0)
     flip: bool | None = None
+
+
+MAX_SEED = 2**31 - 1
+MAX_BINS = 10_000
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 0
+    epochs: int = spec(10, ge=1, le=1_000_000)
+    seed: int = spec(0, ge=0, le=MAX_SEED)
     device: str = "auto"
-    precision: str = "fp32"
-    grad_clip: float | None = None
+    precision: str = spec("fp32", choices=("fp32", "bf16", "fp16"))
+    grad_clip: float | None = spec(None, gt=0)
     compile: bool = False
     progress: bool = True
-    threads: int | None = None
+    threads: int | None = spec(None, ge=1, le=4096)
     teacher_cache: str | None = None
-    teacher_cache_dtype: str = "fp16"
+    teacher_cache_dtype: str = spec("fp16", choices=("fp16", "fp32"))
 
 
 @dataclass
 class EvalConfig:
-    bins: int = 15
+    bins: int = spec(15, ge=1, le=MAX_BINS)
     temperature_scaling: bool = True
 
 
@@ -115,20 +172,12 @@ class Config:
     def network_optim(self, name: str) -> OptimConfig:
         """The optimizer settings of network ``name``: the global ones with its overrides."""
         merged = {**dataclasses.asdict(self.optim), **self.networks[name].optim}
-        return _build(OptimConfig, merged, f"networks.{name}.optim")
+        return build_section(OptimConfig, merged, f"networks.{name}.optim")
 
     def network_schedule(self, name: str) -> ScheduleConfig:
         """The schedule of network ``name``: the global one with its overrides."""
         merged = {**dataclasses.asdict(self.schedule), **self.networks[name].schedule}
-        return _build(ScheduleConfig, merged, f"networks.{name}.schedule")
-
-
-CHOICES = {
-    "optim.name": ("sgd", "adamw"),
-    "schedule.name": ("multistep", "cosine", "constant"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.teacher_cache_dtype": ("fp16", "fp32"),
-}
+        return build_section(ScheduleConfig, merged, f"networks.{name}.schedule")
 
 
 # --------------------------------------------------------------------------- validation
@@ -143,24 +192,38 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def _check_plain(value: Any, key: str) -> Any:
+    """A free-form value (method hyper-parameters, model kwargs): plain data, finite numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        return {str(k): _check_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_check_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(
+        f"config key {key!r}: expected plain data (text, numbers, lists, mappings), got {value!r}"
+    )
+
+
 def _check_value(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _check_value(option, value, key)
-            except ConfigError as err:
-                errors.append(err)
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
     if tp is Any:
-        return value
+        return _check_plain(value, key)
     if tp is type(None):
         if value is None:
             return None
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
-            return _build(tp, value, key)
+            return build_section(tp, value, key)
     elif origin is list:
         if isinstance(value, list):
             (item,) = typing.get_args(tp)
@@ -168,7 +231,7 @@ def _check_value(tp: Any, value: Any, key: str) -> Any:
     elif origin is dict:
         if isinstance(value, dict):
             _, item = typing.get_args(tp)
-            return {k: _check_value(item, v, f"{key}.{k}") for k, v in value.items()}
+            return {str(k): _check_value(item, v, f"{key}.{k}") for k, v in value.items()}
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -177,6 +240,8 @@ def _check_value(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -184,30 +249,44 @@ def _check_value(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Validate the mapping ``data`` into dataclass ``cls``: known keys only, types, ranges
+    and choices of :func:`spec` fields; errors name the dotted key under ``prefix``."""
     if not isinstance(data, dict):
         raise ConfigError(f"config key {prefix!r}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"unknown config key {where}{unknown[0]!r}; allowed under {prefix or 'the top level'}: {names}"
+            f"unknown config key {where}{unknown[0]!r}; allowed under {prefix or 'the top level'}: {list(fields)}"
         )
     values = {}
-    for name in names:
-        if name in data:
-            key = f"{prefix}.{name}" if prefix else name
-            values[name] = _check_value(hints[name], data[name], key)
-            choices = CHOICES.get(key) or CHOICES.get(
-                key.split(".", 2)[-1] if key.startswith("networks.") else ""
-            )
-            if choices and values[name] not in choices:
-                raise ConfigError(
-                    f"config key {key!r}: must be one of {list(choices)}, got {values[name]!r}"
-                )
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _check_value(hints[name], data[name], key)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"config key {key!r}: must be one of {list(choices)}, got {value!r}")
+        check_range(key, value, f.metadata.get("range", {}))
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            check_range(f"{key}[{i}]", item, f.metadata.get("items", {}))
+        values[name] = value
     return cls(**values)
+
+
+def check_run_name(name: str | None, key: str = "output.name") -> None:
+    """A run name must be one plain path component inside ``output.dir``."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or re.search(r"[/\\\x00]", name):
+        raise ConfigError(
+            f"config key {key!r}: must be a plain directory name inside output.dir (no '/', "
+            f"not '.' or '..'), got {name!r}"
+        )
 
 
 def validate(data: dict[str, Any]) -> Config:
@@ -221,7 +300,7 @@ def validate(data: dict[str, Any]) -> Config:
             "config key 'method': expected a mapping with a string 'name' (e.g. method: {name: kd})"
         )
     data["method"] = method
-    cfg = _build(Config, data, "")
+    cfg = build_section(Config, data, "")
     if not cfg.networks:
         raise ConfigError(
             "config key 'networks': at least one network is needed (e.g. networks: {student: {model: cnn_small}})"
@@ -231,18 +310,62 @@ def validate(data: dict[str, Any]) -> Config:
             raise ConfigError(f"config key 'networks.{name}.model': a model name is required")
         cfg.network_optim(name)
         cfg.network_schedule(name)
-    for key, value, lo in (
-        ("train.epochs", cfg.train.epochs, 1),
-        ("data.batch_size", cfg.data.batch_size, 1),
-        ("data.eval_batch_size", cfg.data.eval_batch_size, 1),
-        ("eval.bins", cfg.eval.bins, 1),
-    ):
-        if value < lo:
-            raise ConfigError(f"config key {key!r}: must be >= {lo}, got {value}")
+    from bdkd.distillers import HParamError, check_hparam_values
+
+    try:
+        check_hparam_values(cfg.method_hparams)
+    except HParamError as err:
+        raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
+    check_run_name(cfg.output.name)
     return cfg
 
 
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """``key: saved -> current`` for every dotted key whose value differs between two config
+    dicts; ``ignore`` lists keys (or prefixes) that may differ."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict) and d:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+            return out
+        return {prefix: d}
+
+    a, b = flat(saved), flat(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == s or key.startswith(s + ".") for s in ignore):
+            continue
+        before, after = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
+    return diffs
+
+
 # --------------------------------------------------------------------------- YAML, overrides
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats (``1e-3``) and no timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely (no tags that build objects), with ``1e-3`` read as a float."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -263,22 +386,28 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(
             f"config file {path}: not valid YAML ({err})".replace("\n", " ")
         ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: cannot be read ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     bases = data.pop("base", [])
+    if not isinstance(bases, (str, list)):
+        raise ConfigError(f"config file {path}: 'base' must be a file name or a list of them")
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
+        if not isinstance(base, str):
+            raise ConfigError(f"config file {path}: 'base' entries must be file names")
         merged = _merge(merged, read_yaml(path.parent / base, (*_seen, path.resolve())))
     return _merge(merged, data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``5``, ``0.1``, ``[1, 2]``)."""
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``5``, ``1e-3``, ``[1, 2]``)."""
     out = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -287,7 +416,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=5"
             )
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out

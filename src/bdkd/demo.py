@@ -18,6 +18,8 @@ from pathlib import Path
 
 from bdkd.config import load_config
 from bdkd.data.sources import FASHION_ROOT
+from bdkd.engine.rundir import check_run_dir, create_run_dir
+from bdkd.files import write_text
 
 STUDENT_METHODS = ("scratch", "kd", "dml", "bdkd")
 LABELS = {"scratch": "student from scratch", "kd": "KD", "dml": "DML", "bdkd": "BD-KD"}
@@ -90,9 +92,8 @@ def run_demo(
             )
     configs = find_configs(dataset)
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to overwrite it or choose --out")
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out, force=force, kind="demo", protect=[configs])
+    create_run_dir(out, force=force, kind="demo", protect=[configs], subdirs=())
     started = time.perf_counter()
     extra = list(overrides or [])
     runs: dict[str, Path] = {}
@@ -135,7 +136,7 @@ def run_demo(
             "",
         ]
     )
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     print(table)
     print(
         f"\ndemo: report written to {out / 'report.md'}, reliability figure to {figure} ({minutes:.1f} min)"

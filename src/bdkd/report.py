@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from bdkd import calibration as cal
+from bdkd.files import atomic_path, write_text
 
 COLUMNS = (
     ("accuracy", "top-1 %", 100, ".2f"),
@@ -42,15 +43,20 @@ def save_predictions(
     path: Path, logits: Tensor, labels: Tensor, val_logits: Tensor, val_labels: Tensor
 ) -> None:
     """Test and val logits of one network, in the format ``bdkd calibrate`` reads."""
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(
-        tmp,
+    save_arrays(
+        path,
         logits=logits.float().numpy(),
         labels=labels.numpy(),
         val_logits=val_logits.float().numpy(),
         val_labels=val_labels.numpy(),
     )
-    tmp.replace(path)
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Write ``arrays`` to the ``.npz`` file ``path`` atomically (no pickled objects)."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return Path(path)
 
 
 def write_run_report(
@@ -84,9 +90,7 @@ def write_run_report(
             "",
         ]
     )
-    tmp = run_dir / ".report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(run_dir / "report.md")
+    write_text(run_dir / "report.md", text)
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from bdkd.distillers.base import (
     DISTILLERS,
     Distiller,
     DistillerOutput,
+    HParamError,
+    check_hparam_values,
     distiller_hparams,
     register_distiller,
 )
@@ -29,11 +31,13 @@ __all__ = [
     "DMLDistiller",
     "Distiller",
     "DistillerOutput",
+    "HParamError",
     "KDCLDistiller",
     "OfflineDistiller",
     "ScratchDistiller",
     "USKDDistiller",
     "available_methods",
+    "check_hparam_values",
     "create_distiller",
     "distiller_hparams",
     "features_and_logits",
@@ -58,7 +62,9 @@ def create_distiller(
     online method; its student term alone is available offline as
     ``offline`` with ``objective="bdkd"``. Any other objective name builds the offline
     distiller; its keys other than the offline distiller's own go to the objective.
+    Numeric hyper-parameters are range-checked first (:func:`check_hparam_values`).
     """
+    check_hparam_values(hparams)
     if method in DISTILLERS:
         cls = DISTILLERS[method]
         allowed = distiller_hparams(cls)

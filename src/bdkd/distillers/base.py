@@ -16,6 +16,7 @@ every term; it knows nothing of any method, and a method knows nothing of the lo
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -131,6 +132,33 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
         return cls
 
     return decorate
+
+
+class HParamError(ValueError):
+    """A hyper-parameter out of its range; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key} {message}")
+        self.key, self.message = key, message
+
+
+POSITIVE = ("temperature", "sharpness")
+NON_NEGATIVE = ("weight", "high", "low", "mu", "warmup_epochs")
+
+
+def check_hparam_values(hparams: Mapping[str, object]) -> None:
+    """Range checks shared by every method, by the hyper-parameter's name: numbers finite;
+    temperatures and ``sharpness`` > 0; weights, ``high``, ``low``, ``mu`` and warm-up >= 0.
+    A method's own constructor checks the rest (rules, choices, required networks)."""
+    for key, value in hparams.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise HParamError(key, f"must be a finite number, got {value!r}")
+        if any(key == p or key.endswith(p) for p in POSITIVE) and value <= 0:
+            raise HParamError(key, f"must be > 0, got {value}")
+        if any(key == p or key.endswith(p) for p in NON_NEGATIVE) and value < 0:
+            raise HParamError(key, f"must be >= 0, got {value}")
 
 
 def distiller_hparams(cls: type[Distiller]) -> dict[str, object]:

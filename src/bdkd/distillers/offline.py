@@ -7,7 +7,12 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.distillers.base import Distiller, DistillerOutput, register_distiller
+from bdkd.distillers.base import (
+    Distiller,
+    DistillerOutput,
+    check_hparam_values,
+    register_distiller,
+)
 from bdkd.losses import get_objective, standardize_logits
 
 
@@ -42,6 +47,7 @@ class OfflineDistiller(Distiller):
         super().__init__(networks, trainable=("student",), deployed="student")
         self.objective = get_objective(objective)
         self.objective_kwargs = dict(objective_kwargs or {})
+        check_hparam_values(self.objective_kwargs)
         # fail at construction, not at the first step, on a wrong hyper-parameter
         unknown = sorted(set(self.objective_kwargs) - set(self.objective.hparams))
         missing_hp = sorted(k for k in self.objective.required if k not in self.objective_kwargs)

@@ -12,7 +12,7 @@ from torch import nn
 from bdkd.config import Config, ConfigError, OptimConfig, ScheduleConfig
 from bdkd.data import Augment, DataError, InMemoryLoader, Splits, load_dataset
 from bdkd.data.base import ArraySplit
-from bdkd.distillers import Distiller, create_distiller
+from bdkd.distillers import Distiller, HParamError, create_distiller
 from bdkd.engine.checkpoint import CheckpointError, network_weights
 from bdkd.models import MODELS, create_model
 
@@ -86,6 +86,8 @@ def build_distiller(cfg: Config, networks: dict[str, nn.Module]) -> Distiller:
     """The method's distiller; a frozen network must come with trained weights."""
     try:
         distiller = create_distiller(cfg.method_name, networks, **cfg.method_hparams)
+    except HParamError as err:
+        raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config key 'method': {err}") from None
     for name in distiller.frozen:

@@ -1,62 +1,101 @@
-"""Checkpoints written atomically (temp file, fsync, rename), with every RNG state."""
+"""Checkpoints: written atomically, read without ever running code, with every RNG state.
+
+A checkpoint holds only tensors and plain data (dicts, lists, strings, numbers), so it is
+read with ``torch.load(..., weights_only=True)``: a file carrying anything else (e.g. a
+pickled object whose ``__reduce__`` runs a command) is refused before any of it runs.
+"""
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bdkd.files import atomic_path
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit (the message says which file)."""
 
 
+REQUIRED_KEYS = ("networks", "config")
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same directory, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a torn file.
+    A crash or a full disk at any moment leaves either the old file or the new one, never a
+    torn file; a failure is an :class:`bdkd.files.OutputError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors.
+
+    Only tensors and plain data are admitted; anything else (a class, a function, a
+    ``__reduce__`` payload) is refused by torch's restricted unpickler before it can run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = " ".join(str(err).split())
+        found = re.search(r"GLOBAL (\S+?)[,.]?(?: |$)", text)
+        detail = f"GLOBAL {found.group(1)}" if found else text[:160]
+        if "Weights only load failed" in text:
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and plain data ({detail}); "
+                "refused without running any of it"
+            ) from None
+        raise CheckpointError(f"{path} is corrupt or truncated ({detail})") from None
+    except Exception as err:  # torch raises several types for torn or foreign files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({type(err).__name__}: {first}); it was left untouched"
+        ) from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a bdkd checkpoint; a missing, truncated or foreign file gives a CheckpointError."""
+    """Load a bdkd checkpoint; a missing, truncated, foreign or unsafe file gives a
+    :class:`CheckpointError` (and never runs code from the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for torn or foreign files
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); it was left untouched"
-        ) from None
-    if not isinstance(state, dict) or "networks" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a bdkd checkpoint (no 'networks' entry)")
+    state = safe_torch_load(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a bdkd checkpoint (not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a bdkd checkpoint (no {missing} entry)")
+    if not isinstance(state["networks"], dict) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"checkpoint {path}: 'networks' and 'config' must be mappings")
     return state
 
 
 def rng_state() -> dict[str, Any]:
     """Every global RNG state (Python, numpy, torch CPU and CUDA)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # plain data, so that the checkpoint loads with weights_only=True
+        "numpy": [
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -66,8 +105,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from bdkd.files import make_dirs, write_json
 
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
@@ -91,7 +92,12 @@ class TeacherLogitCache:
                 )
             self.filled = [bool(v) for v in meta["filled"]]
         elif create:
-            self.path.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise CacheError(
+                    f"teacher cache {self.path} exists and is not a bdkd teacher cache (no "
+                    "meta.json); point train.teacher_cache at a new or empty directory"
+                )
+            make_dirs(self.path)
             self.array = np.lib.format.open_memmap(
                 array_path, mode="w+", dtype=DTYPES[dtype], shape=self.shape
             )
@@ -101,19 +107,15 @@ class TeacherLogitCache:
             raise CacheError(f"teacher cache {self.path} does not exist")
 
     def _write_meta(self) -> None:
-        tmp = self.path / ".meta.json.tmp"
-        tmp.write_text(
-            json.dumps(
-                {
-                    "shape": list(self.shape),
-                    "dtype": self.dtype,
-                    "key": self.key,
-                    "filled": self.filled,
-                },
-                indent=1,
-            )
+        write_json(
+            self.path / "meta.json",
+            {
+                "shape": list(self.shape),
+                "dtype": self.dtype,
+                "key": self.key,
+                "filled": self.filled,
+            },
         )
-        os.replace(tmp, self.path / "meta.json")
 
     def complete(self, epoch: int) -> bool:
         """Whether epoch ``epoch``'s logits are all stored."""

@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from bdkd import calibration as cal
-from bdkd.config import Config, ConfigError, dump_config
+from bdkd.config import Config, ConfigError, config_differences, dump_config
 from bdkd.engine import build, distributed
 from bdkd.engine.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     rng_state,
     save_atomic,
@@ -29,9 +30,84 @@ from bdkd.engine.checkpoint import (
     set_rng_state,
 )
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
-from bdkd.engine.rundir import append_jsonl, prepare_run_dir, truncate_metrics, write_text_atomic
+from bdkd.engine.rundir import (
+    RunDirError,
+    append_jsonl,
+    check_run_dir,
+    create_run_dir,
+    read_marker,
+    truncate_metrics,
+    write_text_atomic,
+)
+from bdkd.files import write_json
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_FORMAT = 2
+
+RESUME_MAY_CHANGE = (
+    "train.progress",
+    "train.threads",
+    "train.device",
+    "train.teacher_cache",
+    "data.root",
+    "output",
+)
+"""Config keys that may differ between a checkpoint and the run resuming it: where things
+are and how the run is shown, never what is computed. ``train.epochs`` is not among them:
+the learning-rate schedule depends on it, so a resumed run finishes the schedule it began."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or infinite; the message names the step, term and network."""
+
+
+def check_resumable(run_dir: str | Path) -> dict[str, Any]:
+    """The marker of a run directory that ``--resume`` can continue (else a RunDirError)."""
+    run_dir = Path(run_dir)
+    marker = read_marker(run_dir)
+    if marker is None:
+        raise RunDirError(
+            f"{run_dir}: no bdkd run marker (.bdkd-run), so it is not a run directory to resume"
+        )
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir}: no config.yaml, so it cannot be resumed")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise RunDirError(f"{run_dir}: no checkpoints/last.pt yet; start it again with --force")
+    return marker
+
+
+def check_checkpoint_matches(
+    state: dict[str, Any], cfg_dict: dict[str, Any], marker: dict[str, Any], path: Path
+) -> None:
+    """Refuse a checkpoint written by another run, or under a config that differs from the
+    run's ``config.yaml`` beyond :data:`RESUME_MAY_CHANGE`."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {state.get('format')!r}, this bdkd writes and resumes "
+            f"format {CHECKPOINT_FORMAT}"
+        )
+    if state.get("run_id") != marker.get("run_id"):
+        raise CheckpointError(
+            f"checkpoint {path} was written by another run (run id {state.get('run_id')!r}, this "
+            f"directory's is {marker.get('run_id')!r}); it cannot continue this run"
+        )
+    diffs = config_differences(state["config"], cfg_dict, RESUME_MAY_CHANGE)
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {path.parent.parent}: its config.yaml differs from the checkpoint's in "
+            f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change; start a new "
+            "run instead)"
+        )
+
+
+def load_network_state(net: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``net.load_state_dict(weights)`` with a one-line error naming ``where``."""
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:400]
+        raise CheckpointError(f"{where}: the weights do not fit the network ({detail})") from None
 
 
 class Progress:
@@ -73,9 +149,14 @@ class Trainer:
         *,
         resume: bool = False,
         force: bool = False,
+        protect: tuple[str | Path, ...] = (),
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        # Look before building anything; touch the directory only once all is validated.
+        marker = check_resumable(self.run_dir) if resume else None
+        if not resume:
+            check_run_dir(self.run_dir, force=force, protect=protect)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         device = build.resolve_device(cfg.train.device)
@@ -119,14 +200,61 @@ class Trainer:
                 self.distiller,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
+        self._dry_run()
+        self.cache = self._open_cache()
         if resume:
-            self._restore()
+            self.run_id = str(marker["run_id"])
+            self._restore(marker)
         elif self.is_main:
-            prepare_run_dir(self.run_dir, force=force)
+            self.run_id = create_run_dir(self.run_dir, force=force, protect=protect)
             write_text_atomic(self.run_dir / "config.yaml", dump_config(cfg))
         distributed.barrier()
-        self.cache = self._open_cache()
+        if not resume and not self.is_main:
+            self.run_id = str((read_marker(self.run_dir) or {}).get("run_id", ""))
         self.tensorboard = self._tensorboard() if self.is_main else None
+
+    def _dry_run(self) -> None:
+        """One forward of every network and of the method's loss on two training images,
+        before the run directory is touched: a setting that would fail only inside the first
+        step fails here. No state changes: eval mode, no gradients, RNG states restored."""
+        split = self.splits.train
+        count = min(2, len(split))
+        if hasattr(split, "images"):
+            images, labels = split.images[:count], split.labels[:count]
+        else:
+            items = [split[i] for i in range(count)]
+            images = torch.stack([im for im, _ in items])
+            labels = torch.stack([torch.as_tensor(lb) for _, lb in items])
+        x = self.augment(images.to(self.device), train=False)
+        saved = rng_state()
+        try:
+            self.distiller.eval()
+            with torch.no_grad(), self._autocast():
+                for name, net in self.distiller.networks.items():
+                    try:
+                        z = net(x)
+                    except (RuntimeError, ValueError, TypeError) as err:
+                        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                        raise ConfigError(
+                            f"network {name!r} ({self.cfg.networks[name].model}) fails on this "
+                            f"dataset's images {tuple(x.shape[1:])}: {first}"
+                        ) from None
+                    if not (isinstance(z, Tensor) and z.shape == (count, self.info.num_classes)):
+                        got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                        raise ConfigError(
+                            f"network {name!r} ({self.cfg.networks[name].model}) must return "
+                            f"logits of shape (N, {self.info.num_classes}), got {got}"
+                        )
+                out = self.distiller(x, labels.to(self.device), 0)
+            if not torch.isfinite(out.total()):
+                bad = self._non_finite_terms(out)
+                raise TrainingDiverged(
+                    f"method {self.cfg.method_name!r}: the loss is not finite on the first images "
+                    f"before any training ({bad}); check the method's hyper-parameters"
+                )
+        finally:
+            set_rng_state(saved)
+            self.distiller.train()
 
     def _open_cache(self) -> TeacherLogitCache | None:
         path = self.cfg.train.teacher_cache
@@ -172,7 +300,8 @@ class Trainer:
         }
         save_atomic(
             {
-                "format": 1,
+                "format": CHECKPOINT_FORMAT,
+                "run_id": self.run_id,
                 "epoch": epoch,
                 "method": self.cfg.method_name,
                 "dataset": self.info.name,
@@ -190,17 +319,30 @@ class Trainer:
             self.checkpoint_path,
         )
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        for name, net in self.distiller.networks.items():
-            net.load_state_dict(state["networks"][name])
-        self.distiller.load_state_dict({**self.distiller.state_dict(), **state["extra"]})
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        for name, sched in self.schedulers.items():
-            sched.load_state_dict(state["schedulers"][name])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+    def _restore(self, marker: dict[str, Any]) -> None:
+        path = self.checkpoint_path
+        state = load_checkpoint(path, map_location=self.device)
+        check_checkpoint_matches(state, self.cfg.to_dict(), marker, path)
+        try:
+            for name, net in self.distiller.networks.items():
+                load_network_state(net, state["networks"][name], f"checkpoint {path}, {name}")
+            load_network_state(
+                self.distiller,
+                {**self.distiller.state_dict(), **state["extra"]},
+                f"checkpoint {path}",
+            )
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            for name, sched in self.schedulers.items():
+                sched.load_state_dict(state["schedulers"][name])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"checkpoint {path} is incomplete or does not fit this run ({type(err).__name__}: {err})"
+            ) from None
         self.start_epoch = int(state["epoch"])
         if self.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
@@ -244,9 +386,11 @@ class Trainer:
                 extra["cached"] = {"teacher": self.cache.read(epoch, index).to(self.device)}
             with self._autocast():
                 out = self.forward(x, labels, epoch, **extra)
+            total = out.total()
+            if not self._all_finite(total):
+                raise self._diverged(out, epoch, step, len(loader))
             if fill_cache:
                 self.cache.write(epoch, index, out.logits["teacher"])
-            total = out.total()
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
@@ -276,6 +420,36 @@ class Trainer:
         totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]))
         means = {k: float(totals[i] / totals[-1]) for i, k in enumerate(keys)}
         return {"terms": means, "seconds": time.perf_counter() - start}
+
+    def _all_finite(self, total: Tensor) -> bool:
+        """Whether the loss is finite on every process (one scalar sync per step)."""
+        bad = (~torch.isfinite(total.detach())).float().reshape(1)
+        if self.dist.enabled:
+            bad = distributed.all_reduce_sum(bad)
+        return not bool(bad.item())
+
+    @staticmethod
+    def _non_finite_terms(out: Any) -> str:
+        bad = [
+            f"term {term!r} of network {net!r} is {float(value.detach())}"
+            for net, terms in out.losses.items()
+            for term, value in terms.items()
+            if not torch.isfinite(value.detach()).all()
+        ]
+        return "; ".join(bad) or "on another process"
+
+    def _diverged(self, out: Any, epoch: int, step: int, steps: int) -> TrainingDiverged:
+        kept = (
+            f"the last good checkpoint ({epoch} epochs) stays in {self.checkpoint_path}"
+            if epoch > 0
+            else "no checkpoint was written"
+        )
+        lrs = ", ".join(f"{n} {o.param_groups[0]['lr']:.3g}" for n, o in self.optimizers.items())
+        return TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {step}/{steps}: "
+            f"{self._non_finite_terms(out)}; {kept}; lower the learning rate (now {lrs}) "
+            "or set train.grad_clip"
+        )
 
     @torch.no_grad()
     def evaluate(
@@ -408,7 +582,7 @@ class Trainer:
                     val_logits[name],
                     val_labels,
                 )
-            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_json(self.run_dir / "summary.json", summary)
             report.write_run_report(
                 self.run_dir, summary, {n: (test_logits[n], test_labels) for n in results}
             )

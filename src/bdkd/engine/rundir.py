@@ -1,47 +1,199 @@
-"""The run directory: created without clobbering, with metrics.jsonl kept consistent."""
+"""Run directories: created by bdkd with a marker, replaced only when bdkd made them.
+
+A run directory (``bdkd train``, ``bdkd llm-distill``, ``bdkd demo``) carries a marker file
+``.bdkd-run`` (JSON: kind, run id, bdkd version). The rules:
+
+- an existing non-empty directory is used only with ``--force``, and only if it carries the
+  marker; the current directory, its ancestors and the ancestors of given paths (the
+  config file) are never used;
+- :func:`check_run_dir` only looks (call it before anything expensive); the directory is
+  touched only by :func:`create_run_dir`, after the whole run has been built and validated;
+- ``--force`` removes only the entries bdkd writes into a run directory
+  (:data:`OWNED_ENTRIES`, and sub-directories that are bdkd run directories themselves);
+  anything else a user put there is kept;
+- the run id links checkpoints to the directory that wrote them (resume refuses a
+  checkpoint of another run).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bdkd.files import append_jsonl, make_dirs, write_json, write_text
+
+MARKER = ".bdkd-run"
+
+OWNED_ENTRIES = (
+    MARKER,
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "report.md",
+    "reliability.png",
+    "checkpoints",
+    "predictions",
+    "tensorboard",
+    "student",
+)
+"""Names bdkd writes inside a run directory (``student/`` is an exported LLM student).
+Sub-directories that carry the marker themselves (the demo's runs) are bdkd's too."""
+
+__all__ = [
+    "MARKER",
+    "OWNED_ENTRIES",
+    "RunDirError",
+    "append_jsonl",
+    "check_run_dir",
+    "create_run_dir",
+    "default_run_dir",
+    "read_jsonl",
+    "read_marker",
+    "truncate_metrics",
+    "write_text_atomic",
+]
 
 
 class RunDirError(ValueError):
     """A run directory that would be overwritten, or that cannot be resumed."""
 
 
-def prepare_run_dir(path: Path, *, force: bool) -> Path:
-    """Create ``path``; if it holds anything, refuse unless ``force`` (which clears it)."""
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"run directory {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise RunDirError(
-                f"run directory {path} already exists; pass --force to overwrite it, "
-                f"--resume {path} to continue it, or set output.name"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "checkpoints").mkdir(exist_ok=True)
+def read_marker(path: str | Path) -> dict[str, Any] | None:
+    """The marker of run directory ``path``, or None when it has none (or a damaged one)."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "run_id" in data else None
+
+
+def _protected(path: Path, protect: Sequence[str | Path]) -> str | None:
+    """Why ``path`` must never be a run directory that gets replaced, or None."""
+    target = path.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        return "it is the current directory or one of its parents"
+    for other in protect:
+        other = Path(other).resolve()
+        if target == other or target in other.parents:
+            return f"it holds {other}"
+    if target == Path(target.anchor):
+        return "it is a file-system root"
+    return None
+
+
+def check_run_dir(
+    path: str | Path, *, force: bool, kind: str = "run", protect: Sequence[str | Path] = ()
+) -> Path:
+    """Check that ``path`` can become a run directory; writes nothing.
+
+    Accepted: a path that does not exist (its parents are created later), an empty
+    directory, or, with ``force``, a directory carrying bdkd's marker. ``protect`` lists
+    paths whose directories must survive (the config file).
+    """
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"{kind} directory {path}: {parent} is a file, not a directory")
+        if parent.exists():
+            break
+    if not path.is_dir():
+        return path
+    if not any(path.iterdir()):
+        return path
+    if not force:
+        raise RunDirError(
+            f"{kind} directory {path} already exists; pass --force to replace it, "
+            f"--resume {path} to continue it, or choose another --out / output.name"
+        )
+    why = _protected(path, protect)
+    if why is not None:
+        raise RunDirError(f"refusing to replace {path} with --force: {why}")
+    if read_marker(path) is None:
+        raise RunDirError(
+            f"refusing to replace {path} with --force: it was not made by bdkd (no {MARKER} "
+            "marker); bdkd replaces only its own run directories, so choose another --out"
+        )
     return path
+
+
+def _remove_owned(path: Path) -> None:
+    """Remove what bdkd wrote in run directory ``path``; keep everything else."""
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            if entry.name in OWNED_ENTRIES:
+                entry.unlink()
+        elif entry.is_dir() and read_marker(entry) is not None:
+            _remove_owned(entry)
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        elif entry.name in OWNED_ENTRIES:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def create_run_dir(
+    path: str | Path,
+    *,
+    force: bool,
+    kind: str = "run",
+    protect: Sequence[str | Path] = (),
+    subdirs: Sequence[str] = ("checkpoints",),
+) -> str:
+    """Make ``path`` a fresh run directory and return its new run id.
+
+    Checks again (:func:`check_run_dir`); with ``force`` an existing bdkd run directory
+    loses the entries bdkd wrote (:data:`OWNED_ENTRIES`) and keeps everything else.
+    """
+    path = check_run_dir(path, force=force, kind=kind, protect=protect)
+    if path.is_dir() and read_marker(path) is not None:
+        _remove_owned(path)
+    make_dirs(path)
+    for sub in subdirs:
+        make_dirs(path / sub)
+    run_id = uuid.uuid4().hex
+    from bdkd import __version__
+
+    write_json(path / MARKER, {"kind": kind, "run_id": run_id, "bdkd": __version__})
+    return run_id
+
+
+def default_run_dir(config_path: str | Path, output_dir: str, name: str | None, seed: int) -> Path:
+    """``output_dir/name``, with ``name`` defaulting to ``<config stem>-seed<seed>``."""
+    return Path(output_dir) / (name or f"{Path(config_path).stem}-seed{seed}")
+
+
+def check_name(name: str | None, key: str = "output.name") -> None:
+    """A run name must be one plain path component (no separators, not '.' or '..')."""
+    if name is None:
+        return
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or os.sep in name
+        or "\x00" in name
+    )
+    if bad:
+        raise RunDirError(
+            f"config key {key!r}: must be a plain directory name inside output.dir, got {name!r}"
+        )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_text(path, text)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +209,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_metrics(path: Path, keep_epochs: int) -> None:
-    """Keep only the lines of epochs < ``keep_epochs`` (what the checkpoint already covers)."""
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) < keep_epochs]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+def truncate_metrics(path: Path, keep: int, key: str = "epoch") -> None:
+    """Keep only the lines whose ``key`` is < ``keep`` (what the checkpoint already covers)."""
+    kept = [r for r in read_jsonl(path) if r.get(key, 0) < keep]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -12,7 +12,6 @@ prompts against the teacher's and against the corpus text.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -22,7 +21,15 @@ from typing import Any
 
 import torch
 
-from bdkd.config import ConfigError, _build, apply_overrides, read_yaml
+from bdkd.config import (
+    MAX_SEED,
+    ConfigError,
+    apply_overrides,
+    build_section,
+    check_run_name,
+    read_yaml,
+    spec,
+)
 from bdkd.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -30,7 +37,20 @@ from bdkd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from bdkd.engine.rundir import append_jsonl, prepare_run_dir, truncate_metrics, write_text_atomic
+from bdkd.engine.loop import (
+    CHECKPOINT_FORMAT,
+    check_checkpoint_matches,
+    check_resumable,
+    load_network_state,
+)
+from bdkd.engine.rundir import (
+    append_jsonl,
+    check_run_dir,
+    create_run_dir,
+    truncate_metrics,
+    write_text_atomic,
+)
+from bdkd.files import write_json
 from bdkd.llm.distill import CausalLMDistiller, LMBatch, accumulate_step, sample_student
 from bdkd.llm.metrics import TokenMetrics, mean_rouge_l
 
@@ -39,55 +59,56 @@ FORTUNES = "/usr/share/games/fortunes/fortunes"
 
 @dataclass
 class TeacherConfig:
-    source: str = "smollm2"  # smollm2 | gguf | tiny
+    source: str = spec("smollm2", choices=("smollm2", "gguf", "tiny"))
     path: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class StudentConfig:
-    init: str = "random"
-    layers: list[int] | int = 4
-    hidden_size: int = 256
-    num_attention_heads: int = 4
-    intermediate_size: int | None = None
+    init: str = spec("random", choices=("random", "teacher_layers"))
+    layers: list[int] | int = spec(4, ge=1, items={"ge": 0})
+    hidden_size: int = spec(256, ge=1)
+    num_attention_heads: int = spec(4, ge=1)
+    intermediate_size: int | None = spec(None, ge=1)
 
 
 @dataclass
 class CorpusConfig:
-    corpus: str = "fortunes"  # fortunes (%-separated entries) | lines (one text per line)
+    # fortunes (%-separated entries) | lines (one text per line)
+    corpus: str = spec("fortunes", choices=("fortunes", "lines"))
     path: str | None = None
-    max_length: int = 64
-    prompt_tokens: int = 8
-    val_size: int = 64
-    test_size: int = 64
-    max_samples: int | None = None
+    max_length: int = spec(64, ge=2)
+    prompt_tokens: int = spec(8, ge=1)
+    val_size: int = spec(64, ge=1)
+    test_size: int = spec(64, ge=1)
+    max_samples: int | None = spec(None, ge=1)
 
 
 @dataclass
 class ObjectiveConfig:
     name: str = "forward_kl"
-    temperature: float = 1.0
+    temperature: float = spec(1.0, gt=0)
     params: dict[str, float] = field(default_factory=dict)
-    ce_weight: float = 0.0
+    ce_weight: float = spec(0.0, ge=0)
 
 
 @dataclass
 class LLMTrainConfig:
-    steps: int = 200
-    micro_batch: int = 8
-    accumulation: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    on_policy_fraction: float = 0.0
-    sample_temperature: float = 1.0
-    max_new_tokens: int = 24
-    eval_every: int = 50
-    chunk_size: int = 1024
+    steps: int = spec(200, ge=1)
+    micro_batch: int = spec(8, ge=1)
+    accumulation: int = spec(2, ge=1)
+    lr: float = spec(1e-3, gt=0)
+    weight_decay: float = spec(0.0, ge=0)
+    grad_clip: float | None = spec(1.0, gt=0)
+    seed: int = spec(0, ge=0, le=MAX_SEED)
+    on_policy_fraction: float = spec(0.0, ge=0, le=1)
+    sample_temperature: float = spec(1.0, gt=0)
+    max_new_tokens: int = spec(24, ge=1)
+    eval_every: int = spec(50, ge=1)
+    chunk_size: int = spec(1024, ge=1)
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = spec(None, ge=1, le=4096)
 
 
 @dataclass
@@ -108,15 +129,28 @@ class LLMConfig:
 
 def load_llm_config(path: str | Path, overrides: list[str] | None = None) -> LLMConfig:
     """Read, override and validate an LLM distillation config."""
-    cfg = _build(LLMConfig, apply_overrides(read_yaml(path), overrides or []), "")
-    if not 0.0 <= cfg.train.on_policy_fraction <= 1.0:
-        raise ConfigError("config key 'train.on_policy_fraction': must be in [0, 1]")
-    from bdkd.llm.objectives import TOKEN_OBJECTIVES
+    return validate_llm_config(apply_overrides(read_yaml(path), overrides or []))
+
+
+def validate_llm_config(data: dict[str, Any]) -> LLMConfig:
+    """Validate a plain dict into an :class:`LLMConfig` (errors name the key)."""
+    cfg = build_section(LLMConfig, data, "")
+    from bdkd.llm.objectives import TOKEN_OBJECTIVES, token_rows
 
     if cfg.objective.name not in TOKEN_OBJECTIVES:
         raise ConfigError(
             f"config key 'objective.name': must be one of {list(TOKEN_OBJECTIVES)}, got {cfg.objective.name!r}"
         )
+    try:
+        token_rows(cfg.objective.name, **cfg.objective.params)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config key 'objective.params': {err}") from None
+    if cfg.data.prompt_tokens + 1 >= cfg.data.max_length:
+        raise ConfigError(
+            f"config key 'data.max_length': must exceed data.prompt_tokens + 1 "
+            f"({cfg.data.prompt_tokens + 1}), got {cfg.data.max_length}"
+        )
+    check_run_name(cfg.output.name)
     return cfg
 
 
@@ -279,11 +313,19 @@ def greedy(model: Any, prompts: torch.Tensor, max_new_tokens: int, pad: int) -> 
 
 
 def run_llm_distill(
-    cfg: LLMConfig, run_dir: Path, *, resume: bool = False, force: bool = False
+    cfg: LLMConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    protect: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
     """Train and evaluate one LLM distillation config in ``run_dir``."""
     from bdkd.engine.build import resolve_device
 
+    marker = check_resumable(run_dir) if resume else None
+    if not resume:
+        check_run_dir(run_dir, force=force, protect=protect)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -317,15 +359,17 @@ def run_llm_distill(
     start, elapsed = 0, 0.0
     ckpt = run_dir / "checkpoints" / "last.pt"
     if resume:
+        run_id = str(marker["run_id"])
         state = load_checkpoint(ckpt, map_location=device)
-        student.load_state_dict(state["networks"]["student"])
+        check_checkpoint_matches(state, _asdict(cfg), marker, ckpt)
+        load_network_state(student, state["networks"]["student"], f"checkpoint {ckpt}")
         optimizer.load_state_dict(state["optimizers"]["student"])
         set_rng_state(state["rng"])
         start = int(state["step"])
         elapsed = float(state.get("seconds", 0.0))  # wall-clock before the interruption
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        truncate_metrics(run_dir / "metrics.jsonl", start + 1, key="step")
     else:
-        prepare_run_dir(run_dir, force=force)
+        run_id = create_run_dir(run_dir, force=force, kind="llm-distill", protect=protect)
         import yaml
 
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(_asdict(cfg), sort_keys=False))
@@ -355,7 +399,6 @@ def run_llm_distill(
         terms = accumulate_step(distiller, micro, optimizer, grad_clip=tc.grad_clip)
         if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
             record = {
-                "epoch": step,
                 "step": step + 1,
                 "train": terms,
                 "val": evaluate_lm(distiller, val, pad, device),
@@ -364,7 +407,8 @@ def run_llm_distill(
             append_jsonl(run_dir / "metrics.jsonl", record)
             save_atomic(
                 {
-                    "format": 1,
+                    "format": CHECKPOINT_FORMAT,
+                    "run_id": run_id,
                     "step": step + 1,
                     "deployed": "student",
                     "networks": {"student": student.state_dict()},
@@ -401,7 +445,7 @@ def run_llm_distill(
         "seconds": time.perf_counter() - began,
         "results": {"student": results, "teacher": teacher_results},
     }
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -1,0 +1,147 @@
+"""Writing files safely: atomic replacement, one-line errors naming the path, strict JSON.
+
+Every file bdkd writes goes through :func:`atomic_path`: the content is written to a
+temporary file in the same directory, flushed, then renamed over the target, so a crash or
+a full disk leaves either the old file or the new one, never a torn one, and the temporary
+file is removed on any failure. Errors (read-only directory, full disk, a path component
+that is a file, torch's ``unexpected pos`` on a short write) become :class:`OutputError`,
+one line naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+class OutputError(OSError):
+    """A file or directory that cannot be written (the message names it and says why)."""
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def make_dirs(path: str | Path) -> Path:
+    """``mkdir -p`` with a one-line error naming the path (e.g. when a component is a file)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create directory {path}: {_reason(err)}") from None
+    if not path.is_dir():
+        raise OutputError(f"cannot create directory {path}: a file is in the way")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over
+    ``path``. On any error the temporary file is removed and ``path`` is left as it was.
+
+    ``suffix`` is the temporary file's ending (some writers decide the format by it, e.g.
+    ``.png`` for matplotlib, ``.npz`` for numpy).
+    """
+    path = Path(path)
+    make_dirs(path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a written file gets the usual mode
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON (no NaN / Infinity tokens): non-finite numbers are written as null."""
+    return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as strict, indented JSON, atomically."""
+    return write_text(path, dumps_json(obj, indent=2) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one strict JSON line and flush it to disk (a one-line error if that fails)."""
+    path = Path(path)
+    try:
+        with open(path, "a") as f:
+            f.write(dumps_json(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+
+
+def check_new_file(path: str | Path, *, force: bool, what: str = "output") -> Path:
+    """Refuse to overwrite an existing ``path`` unless ``force``; refuse a directory always.
+
+    Only checks: nothing is written. The error says which flag allows the overwrite.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{what} {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise FileExistsError(f"{what} {path} exists; pass --force to overwrite it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {path}: {parent} is a file, not a directory")
+            break
+    return path

@@ -1,0 +1,506 @@
+"""Hostile and careless input: payload files never run, nothing a user owns is deleted or
+replaced without --force, bad values are one-line errors naming the key, divergence stops
+cleanly, disk errors name the path. Each case asserts the outcome, not only the exit code."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bdkd.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
+FAST = ["train.epochs=1", "train.progress=false"]
+
+
+class Payload:
+    """Pickles as ``os.system("touch MARKER")``: loading it with plain pickle runs a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file, or of every file under a directory (names and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fails(args, capsys, *expected: str) -> str:
+    """Run the CLI: exit 2, no traceback, one error line (the last one on stderr, after any
+    progress lines), every expected fragment in it."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and [ln for ln in lines if " error: " in ln] == lines[-1:], err
+    for fragment in expected:
+        assert fragment in lines[-1], (fragment, err)
+    return lines[-1]
+
+
+def train(run: Path, *extra: str, config: str = "scratch") -> None:
+    args = ["train", str(CONFIGS / f"{config}.yaml"), *FAST, *extra, "--out", str(run)]
+    assert main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "done"
+    train(run)
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def payload_checkpoint(path: Path, marker: Path, like: Path | None = None) -> Path:
+    """A file that looks like a bdkd checkpoint and carries a command payload."""
+    state = (
+        torch.load(like, weights_only=True) if like else {"networks": {}, "config": {}, "format": 2}
+    )
+    state["extra_payload"] = Payload(marker)
+    torch.save(state, path)
+    return path
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def test_checkpoint_payloads_never_run(finished_run, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil_file = payload_checkpoint(tmp_path / "evil.pt", marker)
+    fails(["eval", evil_file], capsys, "refused without running any of it", "posix.system")
+    assert not marker.exists()
+
+    run = copy_run(finished_run, tmp_path / "evil_run")
+    ckpt = run / "checkpoints" / "last.pt"
+    payload_checkpoint(ckpt, marker, like=finished_run / "checkpoints" / "last.pt")
+    fails(["eval", run], capsys, "refused without running any of it")
+    assert not marker.exists()
+    fails(["train", "--resume", run], capsys, "refused without running any of it")
+    assert not marker.exists()
+    kd = CONFIGS / "kd.yaml"
+    out = tmp_path / "kd"
+    fails(
+        ["train", kd, *FAST, f"networks.teacher.checkpoint={run}", "--out", out],
+        capsys,
+        "networks.teacher.checkpoint",
+        "refused without running any of it",
+    )
+    assert not marker.exists() and not out.exists()
+    evil_logits = tmp_path / "logits.pt"
+    torch.save(
+        {"logits": torch.zeros(4, 3), "labels": torch.zeros(4), "x": Payload(marker)}, evil_logits
+    )
+    fails(["calibrate", evil_logits], capsys, "not a readable torch file")
+    assert not marker.exists()
+
+
+def test_llm_resume_payload_never_runs(tiny_llm_config, tmp_path, capsys):
+    run = tmp_path / "llm"
+    assert main(["llm-distill", str(tiny_llm_config), "train.steps=2", "--out", str(run)]) == 0
+    marker = tmp_path / "PWNED"
+    ckpt = run / "checkpoints" / "last.pt"
+    payload_checkpoint(ckpt, marker, like=ckpt)
+    fails(["llm-distill", "--resume", run], capsys, "refused without running any of it")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- --force
+
+
+def test_force_never_replaces_the_current_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(tmp_path)
+    before = digest(tmp_path)
+    fails(["train", CONFIGS / "scratch.yaml", *FAST, "--force", "--out", "."], capsys, "--force")
+    assert digest(tmp_path) == before
+
+
+def test_force_never_replaces_a_directory_bdkd_did_not_make(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.csv").write_text("1,2,3")
+    before = digest(mine)
+    fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "--force", "--out", mine],
+        capsys,
+        "not made by bdkd",
+    )
+    assert digest(mine) == before
+
+
+def test_force_keeps_the_good_run_when_the_new_one_fails_validation(
+    finished_run, digits_teacher, tmp_path, capsys
+):
+    run = copy_run(finished_run, tmp_path / "good")
+    before = digest(run)
+    # fails only when a batch goes through the network (a wrong input width)
+    fails(
+        [
+            "train",
+            CONFIGS / "scratch.yaml",
+            *FAST,
+            "networks.student.kwargs.in_features=7",
+            "--force",
+            "--out",
+            run,
+        ],
+        capsys,
+    )
+    assert digest(run) == before
+    fails(
+        [
+            "train",
+            CONFIGS / "kd.yaml",
+            *FAST,
+            f"networks.teacher.checkpoint={digits_teacher}",
+            "method.temperature=0",
+            "--force",
+            "--out",
+            run,
+        ],
+        capsys,
+        "config key 'method.temperature': must be > 0, got 0",
+    )
+    assert digest(run) == before
+
+
+def test_force_replaces_only_what_bdkd_wrote(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "r")
+    (run / "my_notes.txt").write_text("keep me")
+    old_id = json.loads((run / ".bdkd-run").read_text())["run_id"]
+    train(run, "train.seed=3", "--force")
+    assert (run / "my_notes.txt").read_text() == "keep me"
+    assert json.loads((run / "summary.json").read_text())["seed"] == 3
+    assert json.loads((run / ".bdkd-run").read_text())["run_id"] != old_id
+
+
+def test_force_never_replaces_the_directory_holding_the_config(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "r")
+    for name in ("scratch.yaml", "base.yaml"):
+        shutil.copy(CONFIGS / name, run / name)
+    before = digest(run)
+    fails(
+        ["train", run / "scratch.yaml", *FAST, "--force", "--out", run],
+        capsys,
+        "refusing to replace",
+        "it holds",
+    )
+    assert digest(run) == before
+
+
+def test_output_name_must_stay_inside_output_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "output.dir=runs", "output.name=../../x"],
+        capsys,
+        "config key 'output.name'",
+    )
+    assert not (tmp_path.parent / "x").exists() and not (tmp_path / "runs").exists()
+
+
+def test_failed_validation_leaves_no_half_made_run_directory(digits_teacher, tmp_path, capsys):
+    run = tmp_path / "r"
+    fails(
+        [
+            "train",
+            CONFIGS / "dml.yaml",
+            *FAST,
+            f"train.teacher_cache={tmp_path / 'c'}",
+            "--out",
+            run,
+        ],
+        capsys,
+        "train.teacher_cache",
+    )
+    assert not run.exists() and not (tmp_path / "c").exists()
+    train(run, config="dml")  # the corrected rerun needs no --force
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(finished_run, tmp_path, capsys):
+    a = copy_run(finished_run, tmp_path / "a")
+    b = tmp_path / "b"
+    train(b, "train.seed=1")
+    shutil.copy(b / "checkpoints" / "last.pt", a / "checkpoints" / "last.pt")
+    before = digest(a)
+    fails(["train", "--resume", a], capsys, "written by another run")
+    assert digest(a) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (("train", "seed", 5), "train.seed"),
+        (("train", "epochs", 3), "train.epochs"),
+        (("method", "name", "uskd"), "method.name"),
+    ],
+)
+def test_resume_refuses_an_edited_config(finished_run, tmp_path, capsys, edit, key):
+    import yaml
+
+    run = copy_run(finished_run, tmp_path / "r")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    section, name, value = edit
+    cfg[section][name] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = digest(run)
+    fails(["train", "--resume", run], capsys, "cannot resume", key)
+    assert digest(run) == before
+
+
+def test_resume_refuses_an_edited_model(finished_run, tmp_path, capsys):
+    import yaml
+
+    run = copy_run(finished_run, tmp_path / "r")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["networks"]["student"]["model"] = "mlp_large"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    fails(["train", "--resume", run], capsys, "networks.student.model")
+
+
+def test_checkpoint_without_config_is_a_one_line_error(finished_run, tmp_path, capsys):
+    state = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / "noconfig.pt")
+    fails(["eval", tmp_path / "noconfig.pt"], capsys, "no ['config'] entry")
+
+
+# --------------------------------------------------------------------------- overwrites
+
+
+def test_no_output_file_is_overwritten_without_force(finished_run, tmp_path, capsys):
+    prev = tmp_path / "prev.npz"
+    prev.write_bytes(b"precious")
+    fails(["eval", finished_run, "--save-logits", tmp_path / "prev"], capsys, "prev.npz exists")
+    assert prev.read_bytes() == b"precious"
+
+    logits = tmp_path / "l.npz"
+    np.savez(logits, logits=np.random.randn(50, 3), labels=np.arange(50) % 3)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    fails(["calibrate", logits, "--diagram", notes], capsys, "ending in .png")
+    assert notes.read_text() == "my notes"
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"old figure")
+    fails(["calibrate", logits, "--diagram", png], capsys, "exists; pass --force")
+    fails(["compare", finished_run, "--figure", png], capsys, "exists; pass --force")
+    assert png.read_bytes() == b"old figure"
+    assert main(["calibrate", str(logits), "--diagram", str(png), "--force"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.grad_clip=-1", "config key 'train.grad_clip': must be > 0"),
+        ("train.threads=0", "config key 'train.threads': must be >= 1"),
+        ("eval.bins=100000000", "config key 'eval.bins': must be >= 1 and <= 10000"),
+        ("train.seed=-1", "config key 'train.seed'"),
+        ("optim.lr=0", "config key 'optim.lr': must be > 0"),
+        ("optim.lr=.nan", "config key 'optim.lr': must be a finite number"),
+        ("optim.momentum=1.5", "config key 'optim.momentum'"),
+        ("data.batch_size=0", "config key 'data.batch_size'"),
+        ("schedule.milestones=[-3]", "config key 'schedule.milestones[0]'"),
+        ("method.kl_weight=-1", "config key 'method.kl_weight': must be >= 0"),
+    ],
+)
+def test_numeric_ranges_name_the_key(override, fragment, tmp_path, capsys):
+    config = "dml" if "kl_weight" in override else "scratch"
+    out = tmp_path / "x"
+    fails(["train", CONFIGS / f"{config}.yaml", *FAST, override, "--out", out], capsys, fragment)
+    assert not out.exists()
+
+
+def test_floats_in_exponent_notation_are_accepted(tmp_path):
+    from bdkd.config import load_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"base: {CONFIGS / 'scratch.yaml'}\noptim: {{lr: 1e-3, weight_decay: 5E-4}}\n"
+    )
+    cfg = load_config(cfg_file, ["schedule.min_lr=1e-6"])
+    assert cfg.optim.lr == 0.001 and cfg.optim.weight_decay == 0.0005
+    assert cfg.schedule.min_lr == 1e-6
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("objective.temperature=0", "config key 'objective.temperature': must be > 0"),
+        ("train.eval_every=0", "config key 'train.eval_every': must be >= 1"),
+        ("train.micro_batch=0", "config key 'train.micro_batch': must be >= 1"),
+        ("train.steps=0", "config key 'train.steps': must be >= 1"),
+        ("objective.params={beta: 2}", "config key 'objective.params'"),
+    ],
+)
+def test_llm_numeric_ranges_name_the_key(override, fragment, tiny_llm_config, tmp_path, capsys):
+    out = tmp_path / "x"
+    fails(["llm-distill", tiny_llm_config, override, "--out", out], capsys, fragment)
+    assert not out.exists()
+
+
+def test_cli_flags_are_range_checked(finished_run, tmp_path, capsys):
+    fails(["eval", finished_run, "--bins", "100000000"], capsys, "--bins must be in [1, 10000]")
+    logits = tmp_path / "l.npz"
+    np.savez(logits, logits=np.random.randn(50, 3), labels=np.arange(50) % 3)
+    fails(["calibrate", logits, "--bins", "0"], capsys, "--bins must be in")
+    fails(["train", CONFIGS / "scratch.yaml", "--nproc", "0"], capsys, "--nproc must be >= 1")
+    short = tmp_path / "short.npz"
+    np.savez(short, logits=np.random.randn(50, 3), labels=np.arange(40) % 3)
+    fails(["calibrate", short], capsys, "50 rows of 'logits' but 40 'labels'")
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    from bdkd.distillers import ScratchDistiller
+
+    run = tmp_path / "r"
+    real = ScratchDistiller.forward
+
+    def poisoned(self, inputs, labels, epoch=0):
+        out = real(self, inputs, labels, epoch)
+        if self.training and epoch == 1:
+            out.losses["student"]["ce"] = out.losses["student"]["ce"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ScratchDistiller, "forward", poisoned)
+    args = ["train", CONFIGS / "scratch.yaml", "train.epochs=3", "train.progress=false"]
+    err = fails([*args, "--out", run], capsys, "training diverged at epoch 2, step 1/")
+    assert "term 'ce' of network 'student' is nan" in err and "lower the learning rate" in err
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1  # the last good checkpoint, written after epoch 1
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "NaN" not in lines[0]
+    assert not (run / "summary.json").exists()
+
+
+def test_a_real_divergence_is_reported_not_trained_through(tmp_path, capsys):
+    run = tmp_path / "r"
+    err = fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "optim.lr=1e30", "--out", run],
+        capsys,
+        "training diverged at epoch 1",
+        "lower the learning rate",
+    )
+    assert "no checkpoint was written" in err
+    for path in run.rglob("*.json*"):
+        json.loads(path.read_text().splitlines()[0], parse_constant=pytest.fail)
+
+
+def test_metrics_json_is_strict():
+    from bdkd.files import dumps_json
+
+    text = dumps_json({"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert json.loads(text, parse_constant=pytest.fail) == {"a": None, "b": [None, 1.5]}
+
+
+# --------------------------------------------------------------------------- disk errors
+
+
+def test_out_below_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "--out", tmp_path / "file" / "sub"],
+        capsys,
+        "is a file",
+    )
+
+
+def test_read_only_directory_is_a_one_line_error_naming_the_path(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from bdkd import files
+
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only file system answers
+        if dir is not None and str(dir).startswith(str(tmp_path / "ro")):
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "--out", tmp_path / "ro"],
+        capsys,
+        "cannot write",
+        str(tmp_path / "ro"),
+        "Read-only file system",
+    )
+
+
+def test_full_disk_keeps_the_last_good_checkpoint_and_no_temp_files(tmp_path, capsys, monkeypatch):
+    from bdkd.engine import checkpoint
+
+    run = tmp_path / "r"
+    real = torch.save
+    calls = {"n": 0}
+
+    def disk_fills(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's checkpoint: half written, then ENOSPC
+            Path(f).write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_fills)
+    ckpt = run / "checkpoints" / "last.pt"
+    fails(
+        ["train", CONFIGS / "scratch.yaml", "train.epochs=2", "train.progress=false", "--out", run],
+        capsys,
+        f"cannot write {ckpt}: No space left on device",
+    )
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
+
+
+def test_file_size_limit_in_a_real_process_is_one_line(tmp_path):
+    """A real short write (RLIMIT_FSIZE, as on a full disk): torch's error becomes one line
+    naming the checkpoint, and no temporary file is left."""
+    run = tmp_path / "r"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
+
+    args = [sys.executable, "-m", "bdkd", "train", str(CONFIGS / "scratch.yaml"), *FAST]
+    done = subprocess.run(
+        [*args, "--out", str(run)], preexec_fn=limit, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and "cannot write" in err and "last.pt" in err
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
