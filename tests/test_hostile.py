@@ -504,3 +504,33 @@ def test_file_size_limit_in_a_real_process_is_one_line(tmp_path):
     err = done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr and "cannot write" in err and "last.pt" in err
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_teacher_cache_never_writes_into_a_foreign_directory(digits_teacher, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "logits.npy").write_bytes(b"my own array")
+    before = digest(mine)
+    out = tmp_path / "kd"
+    fails(
+        [
+            "train",
+            CONFIGS / "kd.yaml",
+            *FAST,
+            f"networks.teacher.checkpoint={digits_teacher}",
+            f"train.teacher_cache={mine}",
+            "--out",
+            out,
+        ],
+        capsys,
+        "is not a bdkd teacher cache",
+    )
+    assert digest(mine) == before and not out.exists()
+
+
+def test_demo_force_never_replaces_the_current_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(tmp_path)
+    before = digest(tmp_path)
+    fails(["demo", "--no-install", "--force", "--out", "."], capsys, "refusing to replace")
+    assert digest(tmp_path) == before
