@@ -212,7 +212,7 @@ def test_eval_and_compare(teacher_run, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "val split, 144 samples" in out and "| student |" in out
+    assert "val split, 144 samples" in out and "| teacher |" in out
     assert main(["calibrate", str(tmp_path / "l.npz")]) == 0
     capsys.readouterr()
     assert main(["eval", str(teacher_run), "--save-logits", str(tmp_path / "l.npz")]) == 2
@@ -223,7 +223,7 @@ def test_eval_and_compare(teacher_run, tmp_path, capsys):
     png = tmp_path / "cmp.png"
     assert main(["compare", str(teacher_run), str(other), "--figure", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "teacher: student (mlp_large)" in out and "scratch: student (mlp_small)" in out
+    assert "teacher: teacher (mlp_large)" in out and "scratch: student (mlp_small)" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
@@ -264,3 +264,44 @@ def test_compiled_networks_train_and_save_plain_state_dicts(tmp_path):
     state = _final_state(run)
     assert not any("_orig_mod" in k for k in state["networks"]["student"])
     assert main(["eval", str(run)]) == 0
+
+
+def test_frozen_teacher_is_evaluated_once_and_still_reported(teacher_run, tmp_path, monkeypatch):
+    from bdkd.engine import loop
+
+    calls = []
+    real = loop.evaluate_networks
+
+    def spy(networks, *args, **kwargs):
+        calls.append(sorted(networks))
+        return real(networks, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_networks", spy)
+    run = tmp_path / "kd"
+    args = ["train", str(CONFIGS / "kd.yaml"), *FAST, "train.epochs=3", "--out", str(run)]
+    assert main([*args, f"networks.teacher.checkpoint={teacher_run}"]) == 0
+    # val: the student each epoch and at the end, the teacher once; test: both once
+    assert calls.count(["teacher"]) == 1 and calls.count(["student"]) == 4
+    assert calls.count(["student", "teacher"]) == 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val"]["teacher"] == records[0]["val"]["teacher"] for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"accuracy", "ece", "ece_after_ts"} <= set(summary["results"]["teacher"])
+
+
+def test_a_run_without_a_validation_split_trains_on_all_of_train(tmp_path, capsys):
+    run = tmp_path / "all"
+    args = ["train", str(CONFIGS / "scratch.yaml"), *FAST, "data.val_size=0"]
+    assert main([*args, "--out", str(run)]) == 2
+    assert "eval.temperature_scaling" in capsys.readouterr().err and not run.exists()
+    assert main([*args, "eval.temperature_scaling=false", "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert "temperature" not in summary["results"]["student"]
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert record["val"] == {}
+    import numpy as np
+
+    with np.load(run / "predictions" / "student.npz") as saved:
+        assert sorted(saved.files) == ["labels", "logits"]
+    assert main(["eval", str(run), "--split", "val"]) == 2
+    assert "no validation split" in capsys.readouterr().err

@@ -246,31 +246,47 @@ def test_logit_standardization():
     z = torch.tensor([[1.0, 2.0, 3.0], [10.0, 10.0, 40.0]], dtype=torch.float16)
     out = L.standardize_logits(z)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.std(-1, unbiased=False), torch.ones(2), atol=1e-5, rtol=0)
+    # the reference's sample (Bessel) standard deviation, plus 1e-7, computed by hand
+    for row, got in zip(z.double().tolist(), out.tolist(), strict=True):
+        mean = sum(row) / len(row)
+        std = (sum((v - mean) ** 2 for v in row) / (len(row) - 1)) ** 0.5
+        assert got == pytest.approx([(v - mean) / (std + 1e-7) for v in row], abs=1e-5)
+    torch.testing.assert_close(out.std(-1), torch.ones(2), atol=1e-5, rtol=0)
     # invariant to shifting and scaling each row
     torch.testing.assert_close(L.standardize_logits(z.float() * 3 + 7), out, atol=1e-5, rtol=0)
 
 
-def test_uskd_terms_match_reference():
+def _zipf_reference(aux, student, target, ranking):
+    """Zipf labels by explicit loops: rank every class by the reference score (or the
+    auxiliary logit), drop the target, weights 1/rank normalised."""
+    rows = []
+    for a, s, k in zip(aux.tolist(), student.tolist(), target.tolist(), strict=True):
+        if ranking == "reference":
+            za, zs = sum(math.exp(v) for v in a), sum(math.exp(v) for v in s)
+            w = [math.exp(v) / za for v in a]
+            log_s = [v - math.log(zs) for v in s]
+            score = [w[i] / (1 - w[k]) + log_s[i] / (1 - log_s[k]) for i in range(len(a))]
+        else:
+            score = list(a)
+        others = [i for i in range(len(a)) if i != k]
+        order = sorted(others, key=lambda i: -score[i])
+        weight = {i: 1.0 / (order.index(i) + 1) for i in others}
+        total = sum(weight.values())
+        rows.append([weight[i] / total for i in others])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("ranking", ["reference", "aux"])
+def test_uskd_terms_match_reference(ranking):
     s = S64.float().requires_grad_()
     aux = T64.float().requires_grad_()
-    terms = L.uskd_terms(s, aux, Y, alpha=0.1, beta=0.1, mu=0.1)
+    terms = L.uskd_terms(s, aux, Y, alpha=0.1, beta=0.1, mu=0.1, ranking=ranking)
     # reference
     ps = softmax(S64)
     sy = ps[torch.arange(N), Y]
     soft = sy**2 + 1 - (sy**2).mean()
     l_t = -(soft * ps[torch.arange(N), Y].log()).mean()
-    ranks = []
-    for row, k in zip(T64, Y.tolist(), strict=True):
-        scores = torch.cat([row[:k], row[k + 1 :]])
-        order = sorted(range(C - 1), key=lambda i: -scores[i].item())
-        rank = torch.empty(C - 1, dtype=torch.float64)
-        for r, i in enumerate(order, start=1):
-            rank[i] = r
-        zipf = 1 / rank
-        ranks.append(zipf / zipf.sum())
-    zipf = torch.stack(ranks)
+    zipf = _zipf_reference(T64, S64, Y, ranking)
     l_non = -(zipf * softmax(drop(S64, Y)).log()).sum(-1).mean()
     target = torch.full((N, C), 0.1 / C, dtype=torch.float64)
     target[torch.arange(N), Y] += 0.9
@@ -278,7 +294,7 @@ def test_uskd_terms_match_reference():
     torch.testing.assert_close(terms["target"].double(), 0.1 * l_t, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(terms["non_target"].double(), 0.1 * l_non, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(terms["weak"].double(), 0.1 * l_weak, rtol=1e-5, atol=1e-7)
-    total = L.uskd_loss(s, aux, Y, alpha=0.1, beta=0.1, mu=0.1)
+    total = L.uskd_loss(s, aux, Y, alpha=0.1, beta=0.1, mu=0.1, ranking=ranking)
     torch.testing.assert_close(total, sum(terms.values()))
     total.backward()
     assert torch.isfinite(s.grad).all() and torch.isfinite(aux.grad).all()
@@ -286,9 +302,23 @@ def test_uskd_terms_match_reference():
 
 def test_zipf_labels_follow_the_auxiliary_ranking():
     aux = torch.tensor([[0.0, 5.0, 1.0, 3.0]])
-    zipf = L.zipf_non_target(aux, torch.tensor([1]))  # non-target classes 0, 2, 3
+    zipf = L.zipf_non_target(aux, torch.tensor([1]), ranking="aux")  # non-target 0, 2, 3
     raw = torch.tensor([1 / 3, 1 / 2, 1.0])
     torch.testing.assert_close(zipf[0], raw / raw.sum())
+
+
+def test_zipf_reference_ranking_differs_from_the_paper_wording():
+    # The auxiliary head prefers class 3 over class 2, the student strongly prefers 2: the
+    # reference score (which adds the student's log-probabilities) puts 2 first.
+    aux = torch.tensor([[0.0, 5.0, 1.0, 1.2]])
+    student = torch.tensor([[-6.0, 4.0, 3.0, -6.0]])
+    target = torch.tensor([1])
+    ref = L.zipf_non_target(aux, target, student, ranking="reference")
+    torch.testing.assert_close(ref, _zipf_reference(aux, student, target, "reference").float())
+    assert ref[0].argmax() == 1  # class 2 ranks first
+    assert L.zipf_non_target(aux, target, ranking="aux")[0].argmax() == 2  # class 3 first
+    with pytest.raises(ValueError, match="needs the student's logits"):
+        L.zipf_non_target(aux, target)
 
 
 # --------------------------------------------------------------------------- extremes, errors

@@ -253,3 +253,40 @@ def test_state_hash_covers_batchnorm_buffers_and_values():
     assert state_hash(a) == state_hash(b)
     b[1].running_mean += 1
     assert state_hash(a) != state_hash(b)
+
+
+def test_without_augmentation_one_cached_slice_serves_every_epoch(teacher, tmp_path):
+    config = str(CONFIGS / "kd.yaml")
+    base = [
+        *SAME,
+        "train.epochs=3",
+        "data.augment=false",
+        f"networks.teacher.checkpoint={teacher}",
+        "train.teacher_cache_dtype=fp32",
+    ]
+    cache = tmp_path / "cache"
+    live, cached = tmp_path / "live", tmp_path / "cached"
+    assert main(["train", config, *base, "--out", str(live)]) == 0
+    from bdkd.config import load_config
+    from bdkd.engine import Trainer
+
+    cfg = load_config(config, [*base, f"train.teacher_cache={cache}"])
+    trainer = Trainer(cfg, cached)
+    calls = {"n": 0}
+    real = trainer.distiller.networks["teacher"].forward
+
+    def counting(x):
+        calls["n"] += 1
+        return real(x)
+
+    trainer.distiller.networks["teacher"].forward = counting
+    trainer.fit()
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["shape"] == [1, 1280, 10] and meta["filled"] == [True]
+    # training ran the teacher in the first epoch only (10 steps); evaluation once on val,
+    # once on test
+    evals = len(trainer.loaders.val) + len(trainer.loaders.test)
+    assert calls["n"] == 10 + evals
+    a = [json.loads(line)["train"] for line in (live / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line)["train"] for line in (cached / "metrics.jsonl").read_text().splitlines()]
+    assert a == b

@@ -316,6 +316,11 @@ def validate(data: dict[str, Any]) -> Config:
         check_hparam_values(cfg.method_hparams)
     except HParamError as err:
         raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
+    if cfg.data.val_size == 0 and cfg.eval.temperature_scaling:
+        raise ConfigError(
+            "config key 'eval.temperature_scaling': needs a validation split, and data.val_size "
+            "is 0; set eval.temperature_scaling: false or hold images out with data.val_size"
+        )
     check_run_name(cfg.output.name)
     return cfg
 

@@ -40,16 +40,18 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], first: str = "networ
 
 
 def save_predictions(
-    path: Path, logits: Tensor, labels: Tensor, val_logits: Tensor, val_labels: Tensor
+    path: Path,
+    logits: Tensor,
+    labels: Tensor,
+    val_logits: Tensor | None = None,
+    val_labels: Tensor | None = None,
 ) -> None:
-    """Test and val logits of one network, in the format ``bdkd calibrate`` reads."""
-    save_arrays(
-        path,
-        logits=logits.float().numpy(),
-        labels=labels.numpy(),
-        val_logits=val_logits.float().numpy(),
-        val_labels=val_labels.numpy(),
-    )
+    """Test (and val, when there is a validation split) logits of one network, in the format
+    ``bdkd calibrate`` reads."""
+    arrays = {"logits": logits.float().numpy(), "labels": labels.numpy()}
+    if val_logits is not None and val_labels is not None:
+        arrays.update(val_logits=val_logits.float().numpy(), val_labels=val_labels.numpy())
+    save_arrays(path, **arrays)
 
 
 def save_arrays(path: str | Path, **arrays: np.ndarray) -> Path:

@@ -61,11 +61,12 @@ class DatasetInfo:
 
 @dataclass
 class Splits:
-    """train / val / test of one dataset, with its :class:`DatasetInfo`."""
+    """train / val / test of one dataset, with its :class:`DatasetInfo`; ``val`` is None
+    when no validation split is held out (``val_size=0``: train on the whole train part)."""
 
     info: DatasetInfo
     train: ArraySplit
-    val: ArraySplit
+    val: ArraySplit | None
     test: ArraySplit
 
 
@@ -104,7 +105,8 @@ def available_datasets() -> list[str]:
 def make_splits(
     train: ArraySplit, test: ArraySplit, info: DatasetInfo, *, val_size: float | int, seed: int
 ) -> Splits:
-    """Carve ``val_size`` (a count, or a fraction of train) out of train, by ``seed``."""
+    """Carve ``val_size`` (a count, or a fraction of train) out of train, by ``seed``;
+    ``val_size=0`` keeps all of train and no validation split."""
     n = len(train)
     if isinstance(val_size, float) and not isinstance(val_size, bool):
         if not 0.0 <= val_size < 1.0:
@@ -114,7 +116,7 @@ def make_splits(
         count = val_size
     else:
         raise DataError(f"data.val_size must be an int or a float, got {val_size!r}")
-    if count < 1 or count >= n:
+    if count < 0 or count >= n or (count == 0 and val_size != 0):
         raise DataError(f"data.val_size={val_size} leaves an empty split: train has {n} images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     for split_name, split in (("train", train), ("test", test)):
@@ -127,6 +129,8 @@ def make_splits(
                     f"{info.name}: {split_name} labels lie in [{lo}, {hi}], outside "
                     f"[0, {info.num_classes - 1}]"
                 )
+    if count == 0:
+        return Splits(info, train, None, test)
     return Splits(info, train.subset(order[count:]), train.subset(order[:count]), test)
 
 

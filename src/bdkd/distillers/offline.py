@@ -93,17 +93,26 @@ class OfflineDistiller(Distiller):
 
 @register_distiller("scratch")
 class ScratchDistiller(Distiller):
-    """The no-distillation baseline: the student alone, trained with cross-entropy."""
+    """The no-distillation baseline: one network alone, trained with cross-entropy.
+
+    The network keeps its name, so a run that trains a teacher names it ``teacher``; given
+    several networks, the one named ``student`` is trained.
+    """
 
     def __init__(self, networks: Mapping[str, nn.Module], *, ce_weight: float = 1.0) -> None:
-        if "student" not in networks:
-            raise ValueError("scratch training needs a network named 'student'")
-        super().__init__(
-            {"student": networks["student"]}, trainable=("student",), deployed="student"
-        )
+        if len(networks) == 1:
+            name = next(iter(networks))
+        elif "student" in networks:
+            name = "student"
+        else:
+            raise ValueError(
+                f"scratch training needs one network (or one named 'student'), got {list(networks)}"
+            )
+        super().__init__({name: networks[name]}, trainable=(name,), deployed=name)
         self.ce_weight = ce_weight
 
     def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
         logits = self.run_networks(inputs)
-        ce = self.ce_weight * F.cross_entropy(logits["student"].float(), labels)
-        return DistillerOutput(logits=logits, losses={"student": {"ce": ce}})
+        name = self.deployed
+        ce = self.ce_weight * F.cross_entropy(logits[name].float(), labels)
+        return DistillerOutput(logits=logits, losses={name: {"ce": ce}})

@@ -32,7 +32,9 @@ class USKDDistiller(Distiller):
 
     The auxiliary linear head on the student's intermediate feature belongs to this
     distiller and trains with the student. Defaults are the paper's ImageNet values
-    (alpha 1, beta 0.1, mu 0.005); CIFAR-100 uses (0.1, 0.1, 0.1).
+    (alpha 1, beta 0.1, mu 0.005); CIFAR-100 uses (0.1, 0.1, 0.1). ``ranking`` orders the
+    non-target classes for the Zipf labels: ``reference`` (default, as the reference code)
+    or ``aux`` (the paper's wording); see :mod:`bdkd.losses.uskd`.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class USKDDistiller(Distiller):
         ce_weight: float = 1.0,
         feature_dim: int | None = None,
         num_classes: int | None = None,
+        ranking: str = "reference",
     ) -> None:
         if "student" not in networks:
             raise ValueError("USKD needs a network named 'student'")
@@ -59,6 +62,9 @@ class USKDDistiller(Distiller):
             )
         self.aux_head = nn.Linear(int(feature_dim), int(num_classes))
         self.alpha, self.beta, self.mu, self.ce_weight = alpha, beta, mu, ce_weight
+        if ranking not in ("reference", "aux"):
+            raise ValueError(f"ranking must be 'reference' or 'aux', got {ranking!r}")
+        self.ranking = ranking
 
     def extra_modules(self, network: str) -> list[nn.Module]:
         return [self.aux_head] if network == "student" else []
@@ -67,5 +73,15 @@ class USKDDistiller(Distiller):
         feature, logits = features_and_logits(self.networks["student"], inputs)
         aux = self.aux_head(feature)
         terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), labels)}
-        terms.update(uskd_terms(logits, aux, labels, alpha=self.alpha, beta=self.beta, mu=self.mu))
+        terms.update(
+            uskd_terms(
+                logits,
+                aux,
+                labels,
+                alpha=self.alpha,
+                beta=self.beta,
+                mu=self.mu,
+                ranking=self.ranking,
+            )
+        )
         return DistillerOutput(logits={"student": logits}, losses={"student": terms})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,19 @@ def resolve_device(name: str) -> torch.device:
             "config key 'train.device': cuda was asked for but no CUDA device is available (use cpu or auto)"
         )
     return device
+
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_factory(
+    device: torch.device, precision: str
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A no-argument factory of the autocast context of ``precision`` (fp32: none)."""
+    dtype = AUTOCAST.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def load_splits(cfg: Config) -> Splits:
@@ -184,7 +199,8 @@ def build_loaders(
             return InMemoryLoader(split, bs, drop_last=False, with_index=train, pad=train, **kw)
         return _StreamedLoader(split, bs, with_index=train, **kw)
 
-    return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))
+    val = None if splits.val is None else make(splits.val, False)
+    return Loaders(make(splits.train, True), val, make(splits.test, False))
 
 
 class _StreamedLoader:

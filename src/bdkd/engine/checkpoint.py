@@ -136,3 +136,13 @@ def network_weights(path: str | Path, network: str | None = None) -> tuple[dict[
             f"checkpoint {path} has no network {name!r}; it has {sorted(state['networks'])}"
         )
     return state["networks"][name], name
+
+
+def load_network_state(net: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``net.load_state_dict(weights)`` with a one-line error naming ``where``."""
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:400]
+        raise CheckpointError(f"{where}: the weights do not fit the network ({detail})") from None

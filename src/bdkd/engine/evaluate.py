@@ -1,17 +1,84 @@
-"""Evaluate a finished run or checkpoint on any split: `bdkd eval`."""
+"""Evaluation: one pass of any networks over a loader, used by training and `bdkd eval`.
+
+:func:`evaluate_networks` runs every given network on each batch once (under the run's
+autocast, logits upcast to float32), streams the calibration metrics, and keeps the logits
+when asked (for temperature scaling and saved predictions). :func:`metric_dict` turns an
+accumulator into the metrics a run reports. :func:`evaluate_checkpoint` is `bdkd eval`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bdkd import calibration as cal
 from bdkd.config import ConfigError, validate
-from bdkd.engine import build
-from bdkd.engine.checkpoint import load_checkpoint
+from bdkd.engine import build, distributed
+from bdkd.engine.checkpoint import load_checkpoint, load_network_state
+
+
+@dataclass
+class Evaluation:
+    """Per network: the metric accumulator; and, when kept, logits and labels (in order)."""
+
+    accumulators: dict[str, cal.CalibrationAccumulator]
+    logits: dict[str, Tensor] = field(default_factory=dict)
+    labels: Tensor | None = None
+
+    def metrics(self, name: str) -> dict[str, float]:
+        return metric_dict(self.accumulators[name])
+
+
+def metric_dict(acc: cal.CalibrationAccumulator) -> dict[str, float]:
+    """Every metric of ``acc``; top-5 only when there are at least 10 classes."""
+    m = acc.compute()
+    if acc.num_classes < 10:
+        m.pop("top5")
+    return m
+
+
+@torch.no_grad()
+def evaluate_networks(
+    networks: Mapping[str, nn.Module],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    transform: Callable[[Tensor], Tensor],
+    *,
+    num_classes: int,
+    bins: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    keep_logits: bool = False,
+) -> Evaluation:
+    """Run every network once per batch (eval mode is the caller's business); metrics summed
+    over processes when a process group is up; logits gathered in rank order if kept."""
+    accs = {n: cal.CalibrationAccumulator(num_classes, bins) for n in networks}
+    kept: dict[str, list[Tensor]] = {n: [] for n in networks}
+    labels_seen: list[Tensor] = []
+    for images, labels in batches:
+        x = transform(images)
+        with autocast():
+            outs = {n: net(x) for n, net in networks.items()}
+        for n, z in outs.items():
+            z = z.float()
+            accs[n].update(z, labels)
+            if keep_logits:
+                kept[n].append(z.cpu())
+        if keep_logits:
+            labels_seen.append(labels.cpu())
+    for acc in accs.values():
+        acc.all_reduce()
+    if not keep_logits:
+        return Evaluation(accs)
+    return Evaluation(
+        accs,
+        {n: distributed.gather_cat(torch.cat(v)) for n, v in kept.items()},
+        distributed.gather_cat(torch.cat(labels_seen)),
+    )
 
 
 def evaluate_checkpoint(
@@ -27,13 +94,13 @@ def evaluate_checkpoint(
     """Metrics, logits and labels of each network of a run directory or checkpoint file.
 
     The dataset defaults to the run's; ``dataset``/``root`` evaluate on another one with the
-    same number of classes. ``split`` is ``test`` or ``val``.
+    same number of classes. ``split`` is ``test`` or ``val``. Uses the run's precision.
     """
     path = Path(target)
     ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
     state = load_checkpoint(ckpt_path)
-    data = dict(state["config"])
-    data["data"] = dict(data["data"])
+    data: dict[str, Any] = dict(state["config"])
+    data["data"] = dict(data.get("data", {}))
     if dataset is not None:
         data["data"]["dataset"] = dataset
         data["data"]["root"] = root
@@ -43,9 +110,9 @@ def evaluate_checkpoint(
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     splits = build.load_splits(cfg)
-    if splits.info.num_classes != state["num_classes"]:
+    if splits.info.num_classes != state.get("num_classes"):
         raise ConfigError(
-            f"dataset {splits.info.name!r} has {splits.info.num_classes} classes, the checkpoint's networks {state['num_classes']}"
+            f"dataset {splits.info.name!r} has {splits.info.num_classes} classes, the checkpoint's networks {state.get('num_classes')}"
         )
     names = networks or list(state["networks"])
     unknown = sorted(set(names) - set(state["networks"]))
@@ -58,32 +125,23 @@ def evaluate_checkpoint(
         cfg.networks[name].checkpoint = None
     models = build.build_networks(cfg, splits)
     augment = build.build_augment(cfg, splits)
-    loader = build.build_loaders(cfg, splits, dev)
-    chosen = loader.test if split == "test" else loader.val
-    results: dict[str, dict[str, float]] = {}
-    logits: dict[str, Tensor] = {}
-    labels_all: list[Tensor] = []
-    for i, name in enumerate(names):
+    loaders = build.build_loaders(cfg, splits, dev)
+    chosen = loaders.test if split == "test" else loaders.val
+    if chosen is None:
+        raise ConfigError(f"the run {path} has no validation split (data.val_size: 0)")
+    selected = {}
+    for name in names:
         net = models[name].to(dev)
-        net.load_state_dict(state["networks"][name])
-        net.eval()
-        acc = cal.CalibrationAccumulator(splits.info.num_classes, bins)
-        chunks = []
-        with torch.no_grad():
-            for images, labels in chosen:
-                z = net(augment(images, train=False)).float()
-                acc.update(z, labels)
-                chunks.append(z.cpu())
-                if i == 0:
-                    labels_all.append(labels.cpu())
-        results[name] = acc.compute()
-        logits[name] = torch.cat(chunks)
-    return results, logits, torch.cat(labels_all)
-
-
-def describe_checkpoint(state: dict[str, Any]) -> str:
-    """A one-line description of a checkpoint."""
-    return (
-        f"{state.get('method')} on {state.get('dataset')}, epoch {state.get('epoch')}, "
-        f"networks {state.get('models')}, deployed {state.get('deployed')}"
+        load_network_state(net, state["networks"][name], f"checkpoint {ckpt_path}, {name}")
+        selected[name] = net.eval()
+    result = evaluate_networks(
+        selected,
+        chosen,
+        lambda images: augment(images, train=False),
+        num_classes=splits.info.num_classes,
+        bins=bins,
+        autocast=build.autocast_factory(dev, cfg.train.precision),
+        keep_logits=True,
     )
+    metrics = {n: result.metrics(n) for n in names}
+    return metrics, result.logits, result.labels

@@ -6,7 +6,9 @@ its augmentation in epoch e). bdkd draws augmentation parameters per (seed, epoc
 memory-mapped ``(epochs, N, C)`` array and replayed exactly by later runs (another student,
 other hyper-parameters) without running the teacher. ``meta.json`` records what the logits
 were computed from; a cache whose key differs (another teacher checkpoint, dataset, subset,
-seed or augmentation) or whose array is damaged is refused with a clear error.
+seed or augmentation) or whose array is damaged is refused with a clear error. Without
+augmentation (``static=True``) a sample's logits are the same in every epoch: one slice is
+stored, filled in the first epoch and read in all others.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class TeacherLogitCache:
         dtype: str,
         key: dict[str, Any],
         create: bool = True,
+        static: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.static = static
+        epochs = 1 if static else epochs
         self.shape = (epochs, n, num_classes)
         self.dtype = dtype
         self.key = key
@@ -117,25 +122,28 @@ class TeacherLogitCache:
             },
         )
 
+    def _slot(self, epoch: int) -> int:
+        return 0 if self.static else epoch
+
     def complete(self, epoch: int) -> bool:
         """Whether epoch ``epoch``'s logits are all stored."""
-        return self.filled[epoch]
+        return self.filled[self._slot(epoch)]
 
     def read(self, epoch: int, index: Tensor) -> Tensor:
         """The stored logits (float32) of samples ``index`` in ``epoch``."""
-        rows = np.asarray(self.array[epoch][index.cpu().numpy()], dtype=np.float32)
+        rows = np.asarray(self.array[self._slot(epoch)][index.cpu().numpy()], dtype=np.float32)
         return torch.from_numpy(rows)
 
     def write(self, epoch: int, index: Tensor, logits: Tensor) -> None:
         """Store the teacher's logits of samples ``index`` in ``epoch``."""
-        self.array[epoch][index.cpu().numpy()] = (
+        self.array[self._slot(epoch)][index.cpu().numpy()] = (
             logits.detach().float().cpu().numpy().astype(self.array.dtype)
         )
 
     def mark_complete(self, epoch: int) -> None:
         """Flush the epoch's slice to disk, then record it as filled."""
         self.array.flush()
-        self.filled[epoch] = True
+        self.filled[self._slot(epoch)] = True
         self._write_meta()
 
     def reload(self) -> None:

@@ -8,7 +8,6 @@ fitted on val. Everything a run produces goes into its run directory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -24,11 +23,13 @@ from bdkd.engine import build, distributed
 from bdkd.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    load_network_state,
     rng_state,
     save_atomic,
     seed_everything,
     set_rng_state,
 )
+from bdkd.engine.evaluate import Evaluation, evaluate_networks
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
 from bdkd.engine.rundir import (
     RunDirError,
@@ -41,7 +42,6 @@ from bdkd.engine.rundir import (
 )
 from bdkd.files import write_json
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_FORMAT = 2
 
 RESUME_MAY_CHANGE = (
@@ -98,16 +98,6 @@ def check_checkpoint_matches(
             f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change; start a new "
             "run instead)"
         )
-
-
-def load_network_state(net: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
-    """``net.load_state_dict(weights)`` with a one-line error naming ``where``."""
-    try:
-        net.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])[:400]
-        raise CheckpointError(f"{where}: the weights do not fit the network ({detail})") from None
 
 
 class Progress:
@@ -182,7 +172,7 @@ class Trainer:
             n: build.build_schedule(opt, cfg.network_schedule(n), cfg.train.epochs)
             for n, opt in self.optimizers.items()
         }
-        self.autocast_dtype = AUTOCAST.get(cfg.train.precision)
+        self._autocast = build.autocast_factory(self.device, cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.start_epoch = 0
         if cfg.train.compile:
@@ -212,6 +202,7 @@ class Trainer:
         if not resume and not self.is_main:
             self.run_id = str((read_marker(self.run_dir) or {}).get("run_id", ""))
         self.tensorboard = self._tensorboard() if self.is_main else None
+        self._frozen_val: Evaluation | None = None
 
     def _dry_run(self) -> None:
         """One forward of every network and of the method's loss on two training images,
@@ -277,6 +268,7 @@ class Trainer:
             "precision": self.cfg.train.precision,
         }
         args = dict(
+            static=aug.crop_padding == 0 and not aug.flip,
             epochs=self.cfg.train.epochs,
             n=len(self.splits.train),
             num_classes=self.info.num_classes,
@@ -355,11 +347,6 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ one epoch
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over train; returns the mean of every loss term and diagnostic."""
@@ -451,44 +438,39 @@ class Trainer:
             "or set train.grad_clip"
         )
 
-    @torch.no_grad()
     def evaluate(
-        self, loader: Any, *, keep_logits: bool = False
-    ) -> tuple[dict[str, cal.CalibrationAccumulator], dict[str, Tensor], Tensor]:
-        """Every network on ``loader``: accumulators, and the logits and labels if asked."""
+        self, loader: Any, *, networks: list[str] | None = None, keep_logits: bool = False
+    ) -> Evaluation:
+        """``networks`` (default: all) on ``loader``: metrics, and logits and labels if asked."""
         self.distiller.eval()
-        accs = {
-            n: cal.CalibrationAccumulator(self.info.num_classes, self.cfg.eval.bins)
-            for n in self.distiller.networks
-        }
-        logits: dict[str, list[Tensor]] = {n: [] for n in self.distiller.networks}
-        labels_seen: list[Tensor] = []
-        for images, labels in loader:
-            x = self.augment(images, train=False)
-            with self._autocast():
-                outs = {n: net(x) for n, net in self.distiller.networks.items()}
-            for n, z in outs.items():
-                z = z.float()
-                accs[n].update(z, labels)
-                if keep_logits:
-                    logits[n].append(z.cpu())
-            if keep_logits:
-                labels_seen.append(labels.cpu())
-        for acc in accs.values():
-            acc.all_reduce()
-        kept = (
-            {n: distributed.gather_cat(torch.cat(v)) for n, v in logits.items()}
-            if keep_logits
-            else {}
+        nets = self.distiller.networks
+        return evaluate_networks(
+            {n: nets[n] for n in (networks or list(nets))},
+            loader,
+            lambda images: self.augment(images, train=False),
+            num_classes=self.info.num_classes,
+            bins=self.cfg.eval.bins,
+            autocast=self._autocast,
+            keep_logits=keep_logits,
         )
-        seen = distributed.gather_cat(torch.cat(labels_seen)) if keep_logits else torch.empty(0)
-        return accs, kept, seen
 
-    def _metrics(self, acc: cal.CalibrationAccumulator) -> dict[str, float]:
-        m = acc.compute()
-        if self.info.num_classes < 10:
-            m.pop("top5")
-        return m
+    def _frozen_evaluation(self) -> Evaluation | None:
+        """The frozen networks on val, once per process: they cannot change."""
+        frozen = list(self.distiller.frozen)
+        if not frozen or self.loaders.val is None:
+            return None
+        if self._frozen_val is None:
+            self._frozen_val = self.evaluate(self.loaders.val, networks=frozen, keep_logits=True)
+        return self._frozen_val
+
+    def validate_epoch(self) -> dict[str, dict[str, float]]:
+        """Every network's val metrics: trained ones evaluated now, frozen ones once."""
+        if self.loaders.val is None:
+            return {}
+        trained = [n for n in self.distiller.networks if n in self.distiller.trainable]
+        now = self.evaluate(self.loaders.val, networks=trained)
+        frozen = self._frozen_evaluation()
+        return {n: (now if n in trained else frozen).metrics(n) for n in self.distiller.networks}
 
     # ------------------------------------------------------------------ the run
 
@@ -498,28 +480,32 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             lrs = {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()}
             record = self.train_epoch(epoch)
-            val, _, _ = self.evaluate(self.loaders.val)
             record = {
                 "epoch": epoch,
                 "lr": lrs,
                 "train": record["terms"],
                 "seconds": record["seconds"],
-                "val": {n: self._metrics(a) for n, a in val.items()},
+                "val": self.validate_epoch(),
             }
             if self.is_main:
                 append_jsonl(metrics_path, record)
                 self._save(epoch + 1)
                 self._log_tensorboard(record)
-                shown = ", ".join(
-                    f"{n} acc {100 * m['accuracy']:.2f} ece {100 * m['ece']:.2f}"
-                    for n, m in record["val"].items()
-                )
-                print(
-                    f"epoch {epoch + 1}/{self.cfg.train.epochs} ({record['seconds']:.1f}s) val: {shown}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                self._print_epoch(epoch, record)
         return self.finish()
+
+    def _print_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        shown = ", ".join(
+            f"{n} acc {100 * m['accuracy']:.2f} ece {100 * m['ece']:.2f}"
+            for n, m in record["val"].items()
+        )
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in record["train"].items() if "/" in k)
+        print(
+            f"epoch {epoch + 1}/{self.cfg.train.epochs} ({record['seconds']:.1f}s) "
+            + (f"val: {shown}" if shown else f"train: {terms}"),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
         if self.tensorboard is None:
@@ -536,13 +522,20 @@ class Trainer:
         """Test metrics for every network, temperature fitted on val, summary and report."""
         from bdkd import report
 
-        _, val_logits, val_labels = self.evaluate(self.loaders.val, keep_logits=True)
-        test_accs, test_logits, test_labels = self.evaluate(self.loaders.test, keep_logits=True)
+        trained = [n for n in self.distiller.networks if n in self.distiller.trainable]
+        val = None
+        if self.loaders.val is not None:
+            now = self.evaluate(self.loaders.val, networks=trained, keep_logits=True)
+            frozen = self._frozen_evaluation()
+            val = {n: (now if n in trained else frozen).logits[n] for n in self.distiller.networks}
+            val_labels = now.labels if trained else frozen.labels
+        test = self.evaluate(self.loaders.test, keep_logits=True)
+        test_logits, test_labels = test.logits, test.labels
         results: dict[str, dict[str, float]] = {}
-        for name, acc in test_accs.items():
-            m = self._metrics(acc)
-            if self.cfg.eval.temperature_scaling:
-                t = cal.fit_temperature(val_logits[name], val_labels)
+        for name in self.distiller.networks:
+            m = test.metrics(name)
+            if self.cfg.eval.temperature_scaling and val is not None:
+                t = cal.fit_temperature(val[name], val_labels)
                 scaled = cal.calibration_metrics(
                     cal.apply_temperature(test_logits[name], t),
                     test_labels,
@@ -579,8 +572,8 @@ class Trainer:
                     pred_dir / f"{name}.npz",
                     test_logits[name],
                     test_labels,
-                    val_logits[name],
-                    val_labels,
+                    None if val is None else val[name],
+                    None if val is None else val_labels,
                 )
             write_json(self.run_dir / "summary.json", summary)
             report.write_run_report(
