@@ -6,6 +6,7 @@ expected where and how to obtain it.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -93,7 +94,23 @@ def _open_maybe_gzip(path: Path) -> bytes:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (gzip or plain) of unsigned bytes: images (N, H, W) or labels (N,)."""
+    """Read an IDX file (gzip or plain) of unsigned bytes: images (N, H, W) or labels (N,).
+
+    The decoded array is kept per process while the file is unchanged (same size and
+    modification time), so many runs in one process decompress it once; it is read-only."""
+    path = Path(path)
+    stat = path.stat()
+    return _read_idx_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    array = _decode_idx(Path(path))
+    array.flags.writeable = False
+    return array
+
+
+def _decode_idx(path: Path) -> np.ndarray:
     data = _open_maybe_gzip(path)
     if len(data) < 4:
         raise DataError(f"{path}: too short to be an IDX file")
