@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bdkd.files import atomic_path
+from bdkd.files import UnreadableFile, atomic_path, safe_torch_load
 
 __all__ = [
     "CalibrationAccumulator",
@@ -508,11 +508,9 @@ def load_logits(path: str | Path) -> dict[str, Tensor]:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from None
     elif path.suffix in (".pt", ".pth"):
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a bad file
-            raise ValueError(
-                f"{path}: not a readable torch file ({type(err).__name__}: {err})"
-            ) from None
+            data = safe_torch_load(path)
+        except UnreadableFile as err:
+            raise ValueError(f"not a readable torch file: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a dict with 'logits' and 'labels', got {type(data).__name__}"

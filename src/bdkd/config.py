@@ -99,6 +99,10 @@ class NetworkConfig:
     model: str = ""
     checkpoint: str | None = None
     checkpoint_network: str | None = None
+    weights: str | None = None
+    weights_prefix: str | None = None
+    weights_map: dict[str, str] = field(default_factory=dict)
+    feature_layer: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +119,13 @@ class DataConfig:
     augment: bool = True
     crop_padding: int | None = spec(None, ge=0)
     flip: bool | None = None
+    random_resized_crop: bool | None = None
+    image_size: int | None = spec(None, ge=8, le=4096)
+    channels: int | None = spec(None, choices=(1, 3))
+    memory_limit_mb: int = spec(4096, ge=0)
+    mean: list[float] | None = None
+    std: list[float] | None = spec(None, items={"gt": 0})
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_SEED = 2**31 - 1
@@ -269,7 +280,7 @@ def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         key = f"{prefix}.{name}" if prefix else name
         value = _check_value(hints[name], data[name], key)
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:
             raise ConfigError(f"config key {key!r}: must be one of {list(choices)}, got {value!r}")
         check_range(key, value, f.metadata.get("range", {}))
         for i, item in enumerate(value if isinstance(value, list) else []):
@@ -308,6 +319,11 @@ def validate(data: dict[str, Any]) -> Config:
     for name, net in cfg.networks.items():
         if not net.model:
             raise ConfigError(f"config key 'networks.{name}.model': a model name is required")
+        if net.weights and net.checkpoint:
+            raise ConfigError(
+                f"config key 'networks.{name}.weights': give weights (a plain state dict) or "
+                "checkpoint (a bdkd run or checkpoint), not both"
+            )
         cfg.network_optim(name)
         cfg.network_schedule(name)
     from bdkd.distillers import HParamError, check_hparam_values
@@ -316,6 +332,13 @@ def validate(data: dict[str, Any]) -> Config:
         check_hparam_values(cfg.method_hparams)
     except HParamError as err:
         raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
+    d = cfg.data
+    if (d.mean is None) != (d.std is None) or (
+        d.mean is not None and len(d.mean) != len(d.std or [])
+    ):
+        raise ConfigError(
+            "config keys 'data.mean' and 'data.std': give both, one value per channel"
+        )
     if cfg.data.val_size == 0 and cfg.eval.temperature_scaling:
         raise ConfigError(
             "config key 'eval.temperature_scaling': needs a validation split, and data.val_size "

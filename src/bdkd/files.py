@@ -14,10 +14,14 @@ import contextlib
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def _umask() -> int:
@@ -27,6 +31,10 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
+
+
+class UnreadableFile(ValueError):
+    """A file that cannot be read safely: missing, truncated, foreign, or carrying code."""
 
 
 class OutputError(OSError):
@@ -145,3 +153,31 @@ def check_new_file(path: str | Path, *, force: bool, what: str = "output") -> Pa
                 raise OutputError(f"cannot write {path}: {parent} is a file, not a directory")
             break
     return path
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors.
+
+    Only tensors and plain data are admitted; anything else (a class, a function, a
+    ``__reduce__`` payload) is refused by torch's restricted unpickler before it can run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFile(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = " ".join(str(err).split())
+        found = re.search(r"GLOBAL (\S+?)[,.]?(?: |$)", text)
+        detail = f"GLOBAL {found.group(1)}" if found else text[:160]
+        if "Weights only load failed" in text:
+            raise UnreadableFile(
+                f"{path} holds objects other than tensors and plain data ({detail}); "
+                "refused without running any of it"
+            ) from None
+        raise UnreadableFile(f"{path} is corrupt or truncated ({detail})") from None
+    except Exception as err:  # torch raises several types for torn or foreign files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UnreadableFile(
+            f"{path} is corrupt or truncated ({type(err).__name__}: {first}); it was left untouched"
+        ) from None

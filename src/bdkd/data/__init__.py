@@ -5,8 +5,17 @@
 untouched).
 """
 
-from bdkd.data import folders, sources  # noqa: F401  (registers the datasets)
-from bdkd.data.augment import Augment, hflip, normalize, random_crop, random_flip
+from bdkd.data import custom, folders, sources  # noqa: F401  (registers the datasets)
+from bdkd.data.augment import (
+    Augment,
+    epoch_generator,
+    hflip,
+    normalize,
+    random_crop,
+    random_flip,
+    resized_crop,
+    resized_crop_boxes,
+)
 from bdkd.data.base import (
     SOURCES,
     ArraySplit,
@@ -19,7 +28,7 @@ from bdkd.data.base import (
     register_dataset,
 )
 from bdkd.data.folders import ImageFolderSplit
-from bdkd.data.loader import InMemoryLoader
+from bdkd.data.loader import InMemoryLoader, StreamedLoader
 from bdkd.data.sources import read_idx, safe_unpickle
 
 __all__ = [
@@ -30,14 +39,18 @@ __all__ = [
     "DatasetInfo",
     "ImageFolderSplit",
     "InMemoryLoader",
+    "StreamedLoader",
     "Splits",
     "available_datasets",
+    "epoch_generator",
     "hflip",
     "load_dataset",
     "make_splits",
     "normalize",
     "random_crop",
     "random_flip",
+    "resized_crop",
+    "resized_crop_boxes",
     "read_idx",
     "register_dataset",
     "safe_unpickle",

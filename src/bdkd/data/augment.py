@@ -44,6 +44,54 @@ def random_flip(
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def resized_crop_boxes(
+    n: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> Tensor:
+    """RandomResizedCrop boxes ``(x0, y0, w, h)`` as fractions of a square image, (N, 4).
+
+    As torchvision draws them: area fraction uniform in ``scale``, aspect ratio log-uniform
+    in ``ratio``, up to ``attempts`` tries for a box that fits; a sample whose tries all fail
+    gets the whole image. The position is uniform where the box fits.
+    """
+    area = torch.empty(n, attempts).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n, attempts).uniform_(
+        float(torch.tensor(ratio[0]).log()),
+        float(torch.tensor(ratio[1]).log()),
+        generator=generator,
+    )
+    r = log_r.exp()
+    w, h = (area * r).sqrt(), (area / r).sqrt()
+    fits = (w <= 1.0) & (h <= 1.0)
+    first = torch.where(fits.any(1), fits.float().argmax(1), -1)
+    rows = torch.arange(n)
+    pick = first.clamp_min(0)
+    w = torch.where(first >= 0, w[rows, pick], torch.ones(n))
+    h = torch.where(first >= 0, h[rows, pick], torch.ones(n))
+    x0 = torch.rand(n, generator=generator) * (1.0 - w)
+    y0 = torch.rand(n, generator=generator) * (1.0 - h)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
+    """Crop each image of ``x`` (N, C, H, W) to its box (fractions ``x0, y0, w, h``) and
+    resize back to (H, W) bilinearly, on the batch's device; returns float in x's range."""
+    n = x.shape[0]
+    boxes = boxes.to(device=x.device, dtype=torch.float32)
+    x0, y0, w, h = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = w, h
+    theta[:, 0, 2] = 2 * x0 + w - 1  # box centre in [-1, 1] coordinates
+    theta[:, 1, 2] = 2 * y0 + h - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(
+        x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
 def hflip(x: Tensor) -> Tensor:
     """Flip every sample horizontally."""
     return x.flip(-1)
@@ -58,8 +106,15 @@ def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Ten
     return (x.float() / 255.0 - m) / s
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of everything random in epoch ``epoch`` of a run with ``seed`` (data
+    order, augmentation): the same in every process, batch and run."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class Augment:
-    """Crop with padding and flip (training only), then normalisation."""
+    """Training: RandomResizedCrop (``resized_crop``) or a crop with padding, and a flip;
+    then (always) normalisation."""
 
     def __init__(
         self,
@@ -67,8 +122,10 @@ class Augment:
         std: tuple[float, ...],
         crop_padding: int = 0,
         flip: bool = False,
+        resized_crop: bool = False,
     ) -> None:
         self.mean, self.std, self.crop_padding, self.flip = mean, std, crop_padding, flip
+        self.resized_crop = resized_crop
 
     def epoch_params(
         self, n: int, seed: int, epoch: int, device: str | torch.device = "cpu"
@@ -79,14 +136,20 @@ class Augment:
         lands in: what makes distributed training match one process and what lets a
         teacher-logit cache replay the teacher's input exactly.
         """
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        g = epoch_generator(seed, epoch)
         offsets = torch.randint(0, 2 * self.crop_padding + 1, (2, n), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
-        return {"offsets": offsets.to(device), "flips": flips.to(device)}
+        params = {"offsets": offsets.to(device), "flips": flips.to(device)}
+        if self.resized_crop:
+            params["boxes"] = resized_crop_boxes(n, g).to(device)
+        return params
 
     def apply(self, images: Tensor, params: dict[str, Tensor], index: Tensor) -> Tensor:
         """Augment a training batch of samples ``index`` with their epoch parameters."""
-        x = random_crop(images, self.crop_padding, offsets=params["offsets"][:, index])
+        if self.resized_crop:
+            x = resized_crop(images, params["boxes"][index])
+        else:
+            x = random_crop(images, self.crop_padding, offsets=params["offsets"][:, index])
         if self.flip:
             x = random_flip(x, flips=params["flips"][index])
         return normalize(x, self.mean, self.std)

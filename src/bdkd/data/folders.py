@@ -1,4 +1,5 @@
-"""Image-folder datasets: TinyImageNet (loaded into memory) and ImageNet (streamed).
+"""Image-folder datasets: TinyImageNet (loaded into memory), ImageNet (streamed) and any
+folder of images (``image_folder``: in memory when it fits, streamed beyond).
 
 TinyImageNet layout (as distributed): ``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
 ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (``file<TAB>wnid<TAB>...``). Its
@@ -7,6 +8,11 @@ official val part is our test split; our val is carved from train.
 ImageNet layout (the usual preprocessed one): ``train/<wnid>/*.JPEG`` and
 ``val/<wnid>/*.JPEG``. Images are decoded on the fly, resized (shorter side) and
 centre-cropped to ``image_size`` uint8 tensors; the official val part is our test split.
+
+``image_folder`` layout: ``DIR/train/<class>/*`` and ``DIR/test/<class>/*``, optionally
+``DIR/val/<class>/*`` (then the validation split instead of one carved from train); PNG,
+JPEG or BMP of any size, each resized (shorter side to ``image_size``, bilinear) and
+centre-cropped to ``image_size`` x ``image_size``.
 """
 
 from __future__ import annotations
@@ -24,14 +30,16 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def read_image(path: Path, size: int | None = None, resize: int | None = None) -> np.ndarray:
-    """Decode an image file to uint8 RGB (H, W, 3); optionally resize the shorter side to
-    ``resize`` and centre-crop ``size`` x ``size``."""
+def read_image(
+    path: Path, size: int | None = None, resize: int | None = None, mode: str = "RGB"
+) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) for ``mode="RGB"`` or (H, W, 1) for ``"L"``;
+    optionally resize the shorter side to ``resize`` and centre-crop ``size`` x ``size``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = img.convert(mode)
             if resize is not None:
                 w, h = img.size
                 scale = resize / min(w, h)
@@ -43,8 +51,9 @@ def read_image(path: Path, size: int | None = None, resize: int | None = None) -
                 w, h = img.size
                 left, top = (w - size) // 2, (h - size) // 2
                 img = img.crop((left, top, left + size, top + size))
-            return np.array(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+            array = np.array(img, dtype=np.uint8)
+            return array[:, :, None] if array.ndim == 2 else array
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
 
 
@@ -52,14 +61,15 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _stack(paths: list[Path], size: int) -> Tensor:
-    arrays = []
-    for p in paths:
-        a = read_image(p)
+def _stack(paths: list[Path], size: int, mode: str = "RGB") -> Tensor:
+    channels = 1 if mode == "L" else 3
+    out = torch.empty(len(paths), channels, size, size, dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        a = read_image(p, mode=mode)
         if a.shape[:2] != (size, size):
-            a = read_image(p, size=size, resize=size)
-        arrays.append(a)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            a = read_image(p, size=size, resize=size, mode=mode)
+        out[i] = torch.from_numpy(a).permute(2, 0, 1)
+    return out
 
 
 TINY_HOW = "obtain tiny-imagenet-200 by hand, extract it and pass data.root"
@@ -116,17 +126,19 @@ def load_tinyimagenet(root: Path | None = None) -> tuple[ArraySplit, ArraySplit,
 
 
 class ImageFolderSplit(Dataset):
-    """A split of an image-folder tree decoded on the fly to uint8 (3, size, size)."""
+    """A split of an image-folder tree decoded on the fly to uint8 (C, size, size)."""
 
-    def __init__(self, paths: list[Path], labels: list[int], size: int, resize: int) -> None:
-        self.paths, self.size, self.resize = paths, size, resize
+    def __init__(
+        self, paths: list[Path], labels: list[int], size: int, resize: int, mode: str = "RGB"
+    ) -> None:
+        self.paths, self.size, self.resize, self.mode = paths, size, resize, mode
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image = read_image(self.paths[i], size=self.size, resize=self.resize)
+        image = read_image(self.paths[i], size=self.size, resize=self.resize, mode=self.mode)
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), self.labels[i]
 
     def subset(self, index: Tensor) -> ImageFolderSplit:
@@ -136,6 +148,7 @@ class ImageFolderSplit(Dataset):
             [int(self.labels[i]) for i in chosen],
             self.size,
             self.resize,
+            self.mode,
         )
 
 
@@ -173,7 +186,16 @@ def load_imagenet_folders(
     train_paths, train_labels, classes = scan_image_folder(root / "train")
     test_paths, test_labels, _ = scan_image_folder(root / "val", classes)
     info = DatasetInfo(
-        "imagenet", len(classes), 3, image_size, IMAGENET_MEAN, IMAGENET_STD, 0, True, classes
+        "imagenet",
+        len(classes),
+        3,
+        image_size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        0,
+        True,
+        classes,
+        random_resized_crop=True,
     )
     return (
         ImageFolderSplit(train_paths, train_labels, image_size, resize),
@@ -190,3 +212,96 @@ def load_imagenet(
     if root is None:
         raise DataError("imagenet: set data.root to the directory holding train/ and val/")
     return load_imagenet_folders(root, image_size=image_size, resize=resize)
+
+
+# --------------------------------------------------------------------------- any folder
+
+FOLDER_HOW = "arrange it as DIR/train/<class>/*.png|jpg and DIR/test/<class>/* and pass data.root"
+MIN_RRC_SIZE = 64  # RandomResizedCrop by default from this image side on (else crop + flip)
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) in [0, 1] units."""
+    x = images.double() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+@register_dataset("image_folder", how_to_get=FOLDER_HOW)
+def load_image_folder(
+    root: Path | None = None,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    memory_limit_mb: int = 4096,
+) -> tuple[ArraySplit | ImageFolderSplit, ...]:
+    """A folder of class sub-folders: ``train/``, ``test/`` and optionally ``val/``.
+
+    Images are resized to ``image_size`` (default: the side of the first training image when
+    it is square) and held in memory as uint8 when all splits need at most
+    ``memory_limit_mb``; beyond, they are decoded batch by batch (streamed). ``channels``: 3
+    (RGB, the default) or 1 (grey). Normalisation statistics are measured on the training
+    images (all of them in memory; the first 2,000 when streamed).
+    """
+    if root is None:
+        raise DataError("image_folder: set data.root to the directory holding train/ and test/")
+    root = Path(root)
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise missing_directory(
+            "image_folder", root, "train/<class>/ and test/<class>/", FOLDER_HOW
+        )
+    train_paths, train_labels, classes = scan_image_folder(root / "train")
+    if len(classes) < 2:
+        raise DataError(
+            f"image_folder: {root / 'train'} holds {len(classes)} class folder(s); need 2+"
+        )
+    parts = {"train": (train_paths, train_labels)}
+    for name in ("val", "test"):
+        folder = root / name
+        if name == "val" and not folder.is_dir():
+            continue
+        extra = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in classes)
+        if extra:
+            raise DataError(f"image_folder: {folder} has classes not in train/: {extra}")
+        present = [c for c in classes if (folder / c).is_dir()]
+        paths, labels, _ = scan_image_folder(folder, present)
+        index = {c: i for i, c in enumerate(classes)}
+        parts[name] = (paths, [index[present[j]] for j in labels])
+    mode = "L" if channels == 1 else "RGB"
+    if image_size is None:
+        first = read_image(train_paths[0], mode=mode)
+        if first.shape[0] != first.shape[1]:
+            raise DataError(
+                f"image_folder: {train_paths[0]} is {first.shape[1]}x{first.shape[0]}; set "
+                "data.image_size (images are resized and centre-cropped to a square)"
+            )
+        image_size = int(first.shape[0])
+    c = 1 if mode == "L" else 3
+    total = sum(len(p) for p, _ in parts.values()) * c * image_size**2
+    in_memory = total <= memory_limit_mb * 2**20
+    splits: dict[str, ArraySplit | ImageFolderSplit] = {}
+    for name, (paths, labels) in parts.items():
+        if in_memory:
+            splits[name] = ArraySplit(_stack(paths, image_size, mode), torch.tensor(labels))
+        else:
+            splits[name] = ImageFolderSplit(paths, labels, image_size, image_size, mode)
+    train = splits["train"]
+    if in_memory:
+        mean, std = _channel_stats(train.images)
+    else:
+        sample = _stack(train_paths[:2000], image_size, mode)
+        mean, std = _channel_stats(sample)
+    info = DatasetInfo(
+        "image_folder",
+        len(classes),
+        c,
+        image_size,
+        mean,
+        std,
+        crop_padding=0 if image_size >= MIN_RRC_SIZE else max(1, image_size // 8),
+        flip=True,
+        class_names=classes,
+        random_resized_crop=image_size >= MIN_RRC_SIZE,
+    )
+    return train, splits.get("val"), splits["test"], info

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from bdkd.data.augment import epoch_generator
 from bdkd.data.base import ArraySplit
 
 
@@ -52,8 +53,7 @@ class InMemoryLoader:
     def _indices(self) -> Tensor:
         n = self.labels.shape[0]
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
+            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
         else:
             order = torch.arange(n)
         if self.world_size > 1 and not self.pad:  # evaluation: every sample exactly once
@@ -79,3 +79,56 @@ class InMemoryLoader:
                 yield self.images[idx], self.labels[idx], idx
             else:
                 yield self.images[idx], self.labels[idx]
+
+
+class StreamedLoader:
+    """Batches of a streamed split (decoded per sample by a ``DataLoader``) with
+    :class:`InMemoryLoader`'s interface: the same per-epoch order from (seed, epoch), the
+    same sharding over processes, each sample's index when asked."""
+
+    def __init__(
+        self,
+        dataset: object,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        with_index: bool = False,
+    ) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.device, self.rank, self.world_size, self.epoch = device, rank, world_size, 0
+        self.with_index = with_index
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _sampler(self) -> list[int]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size].tolist()
+
+    def __len__(self) -> int:
+        return -(-len(self._sampler()) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        from torch.utils.data import DataLoader
+
+        sampler = self._sampler()
+        workers = min(4, torch.get_num_threads())
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers
+        )
+        for i, (images, labels) in enumerate(loader):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.with_index:
+                index = torch.tensor(sampler[i * self.batch_size : (i + 1) * self.batch_size])
+                yield images, labels, index.to(self.device)
+            else:
+                yield images, labels

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bdkd.config import Config, ConfigError, OptimConfig, ScheduleConfig
-from bdkd.data import Augment, DataError, InMemoryLoader, Splits, load_dataset
+from bdkd.data import Augment, DataError, InMemoryLoader, Splits, StreamedLoader, load_dataset
 from bdkd.data.base import ArraySplit
 from bdkd.distillers import Distiller, HParamError, create_distiller
 from bdkd.engine.checkpoint import CheckpointError, network_weights
@@ -50,10 +50,19 @@ def autocast_factory(
 
 
 def load_splits(cfg: Config) -> Splits:
-    """The dataset's train/val/test; ``data.train_size`` keeps a seeded subset of train."""
+    """The dataset's train/val/test; ``data.train_size`` keeps a seeded subset of train;
+    ``data.mean``/``data.std`` replace the dataset's normalisation."""
     d = cfg.data
+    options = dict(d.options)
+    for key in ("image_size", "channels"):
+        if getattr(d, key) is not None:
+            options[key] = getattr(d, key)
+    if d.dataset == "image_folder":
+        options.setdefault("memory_limit_mb", d.memory_limit_mb)
     try:
-        splits = load_dataset(d.dataset, root=d.root, val_size=d.val_size, seed=cfg.train.seed)
+        splits = load_dataset(
+            d.dataset, root=d.root, val_size=d.val_size, seed=cfg.train.seed, **options
+        )
     except DataError as err:
         raise ConfigError(f"data: {err}") from None
     if d.train_size is not None:
@@ -62,11 +71,21 @@ def load_splits(cfg: Config) -> Splits:
                 f"config key 'data.train_size': must be in [1, {len(splits.train)}], got {d.train_size}"
             )
         splits.train = splits.train.subset(torch.arange(d.train_size))
+    if d.mean is not None and d.std is not None:
+        if len(d.mean) != splits.info.channels:
+            raise ConfigError(
+                f"config key 'data.mean': {len(d.mean)} values for {splits.info.channels} channel(s)"
+            )
+        splits.info.mean, splits.info.std = tuple(d.mean), tuple(d.std)
     return splits
 
 
 def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
-    """Create every network for the dataset; load the weights of those with a checkpoint."""
+    """Create every network for the dataset; load the weights of those with ``weights`` (a
+    plain state dict) or ``checkpoint`` (a bdkd run); attach feature hooks when asked."""
+    from bdkd.models.imported import attach_feature_layer
+    from bdkd.models.weights import WeightsError, load_weights
+
     info = splits.info
     networks: dict[str, nn.Module] = {}
     for name, net_cfg in cfg.networks.items():
@@ -78,20 +97,38 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
                 kwargs.setdefault("in_channels", info.channels)
             if "in_features" in params:
                 kwargs.setdefault("in_features", info.channels * info.image_size**2)
+        key = f"networks.{name}"
         try:
             net = create_model(net_cfg.model, info.num_classes, **kwargs)
         except (ValueError, TypeError, ImportError) as err:
-            raise ConfigError(f"config key 'networks.{name}.model': {err}") from None
+            raise ConfigError(f"config key '{key}.model': {err}") from None
+        if net_cfg.feature_layer:
+            probe = torch.zeros(2, info.channels, info.image_size, info.image_size)
+            try:
+                attach_feature_layer(net, net_cfg.feature_layer, probe)
+            except (ValueError, RuntimeError) as err:
+                first = str(err).splitlines()[0]
+                raise ConfigError(f"config key '{key}.feature_layer': {first}") from None
+        if net_cfg.weights:
+            try:
+                load_weights(
+                    net,
+                    net_cfg.weights,
+                    strip_prefix=net_cfg.weights_prefix,
+                    rename=net_cfg.weights_map,
+                )
+            except WeightsError as err:
+                raise ConfigError(f"config key '{key}.weights': {err}") from None
         if net_cfg.checkpoint:
             try:
                 weights, _ = network_weights(net_cfg.checkpoint, net_cfg.checkpoint_network)
                 net.load_state_dict(weights)
             except CheckpointError as err:
-                raise ConfigError(f"config key 'networks.{name}.checkpoint': {err}") from None
+                raise ConfigError(f"config key '{key}.checkpoint': {err}") from None
             except RuntimeError as err:
                 first = str(err).splitlines()[0]
                 raise ConfigError(
-                    f"config key 'networks.{name}.checkpoint': weights do not fit model {net_cfg.model!r} ({first})"
+                    f"config key '{key}.checkpoint': weights do not fit model {net_cfg.model!r} ({first})"
                 ) from None
         networks[name] = net
     return networks
@@ -106,10 +143,11 @@ def build_distiller(cfg: Config, networks: dict[str, nn.Module]) -> Distiller:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config key 'method': {err}") from None
     for name in distiller.frozen:
-        if not cfg.networks[name].checkpoint:
+        if not (cfg.networks[name].checkpoint or cfg.networks[name].weights):
             raise ConfigError(
                 f"method {cfg.method_name!r} keeps network {name!r} frozen, so it needs trained weights: "
-                f"set networks.{name}.checkpoint to a run directory or checkpoint file"
+                f"set networks.{name}.checkpoint to a run directory or checkpoint file, or "
+                f"networks.{name}.weights to a state dict (.pt, .pth, .safetensors)"
             )
     unused = sorted(set(cfg.networks) - set(distiller.networks))
     if unused:
@@ -159,13 +197,16 @@ def build_schedule(
 
 
 def build_augment(cfg: Config, splits: Splits) -> Augment:
-    """Normalisation plus the dataset's (or the config's) crop padding and flips."""
+    """Normalisation plus the dataset's (or the config's) augmentation: RandomResizedCrop
+    (``data.random_resized_crop``, the default of large-image datasets) or a crop with
+    padding, and flips."""
     info, d = splits.info, cfg.data
     padding = info.crop_padding if d.crop_padding is None else d.crop_padding
     flip = info.flip if d.flip is None else d.flip
+    rrc = info.random_resized_crop if d.random_resized_crop is None else d.random_resized_crop
     if not d.augment:
-        padding, flip = 0, False
-    return Augment(info.mean, info.std, crop_padding=padding, flip=flip)
+        padding, flip, rrc = 0, False, False
+    return Augment(info.mean, info.std, crop_padding=padding, flip=flip, resized_crop=rrc)
 
 
 @dataclass
@@ -197,59 +238,7 @@ def build_loaders(
         kw = dict(shuffle=train, seed=seed, device=device, rank=rank, world_size=world_size)
         if isinstance(split, ArraySplit):
             return InMemoryLoader(split, bs, drop_last=False, with_index=train, pad=train, **kw)
-        return _StreamedLoader(split, bs, with_index=train, **kw)
+        return StreamedLoader(split, bs, with_index=train, **kw)
 
     val = None if splits.val is None else make(splits.val, False)
     return Loaders(make(splits.train, True), val, make(splits.test, False))
-
-
-class _StreamedLoader:
-    """DataLoader over a streamed dataset with the in-memory loader's interface."""
-
-    def __init__(
-        self,
-        dataset: object,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        device: torch.device,
-        rank: int,
-        world_size: int,
-        with_index: bool = False,
-    ) -> None:
-        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.device, self.rank, self.world_size, self.epoch = device, rank, world_size, 0
-        self.with_index = with_index
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _sampler(self) -> list[int]:
-        n = len(self.dataset)  # type: ignore[arg-type]
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        return order[self.rank :: self.world_size].tolist()
-
-    def __len__(self) -> int:
-        return -(-len(self._sampler()) // self.batch_size)
-
-    def __iter__(self):  # noqa: ANN204
-        from torch.utils.data import DataLoader
-
-        sampler = self._sampler()
-        workers = min(4, torch.get_num_threads())
-        loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers
-        )
-        for i, (images, labels) in enumerate(loader):
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            if self.with_index:
-                index = torch.tensor(sampler[i * self.batch_size : (i + 1) * self.batch_size])
-                yield images, labels, index.to(self.device)
-            else:
-                yield images, labels

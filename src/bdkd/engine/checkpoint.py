@@ -7,16 +7,14 @@ pickled object whose ``__reduce__`` runs a command) is refused before any of it 
 
 from __future__ import annotations
 
-import pickle
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bdkd.files import atomic_path
+from bdkd.files import UnreadableFile, atomic_path, safe_torch_load
 
 
 class CheckpointError(ValueError):
@@ -38,41 +36,16 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors.
-
-    Only tensors and plain data are admitted; anything else (a class, a function, a
-    ``__reduce__`` payload) is refused by torch's restricted unpickler before it can run.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = " ".join(str(err).split())
-        found = re.search(r"GLOBAL (\S+?)[,.]?(?: |$)", text)
-        detail = f"GLOBAL {found.group(1)}" if found else text[:160]
-        if "Weights only load failed" in text:
-            raise CheckpointError(
-                f"{path} holds objects other than tensors and plain data ({detail}); "
-                "refused without running any of it"
-            ) from None
-        raise CheckpointError(f"{path} is corrupt or truncated ({detail})") from None
-    except Exception as err:  # torch raises several types for torn or foreign files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({type(err).__name__}: {first}); it was left untouched"
-        ) from None
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a bdkd checkpoint; a missing, truncated, foreign or unsafe file gives a
     :class:`CheckpointError` (and never runs code from the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = safe_torch_load(path, map_location)
+    try:
+        state = safe_torch_load(path, map_location)
+    except UnreadableFile as err:
+        raise CheckpointError(f"checkpoint {err}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a bdkd checkpoint (not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in state]

@@ -264,11 +264,17 @@ class Trainer:
             "val_size": d.val_size,
             "train_size": len(self.splits.train),
             "seed": self.cfg.train.seed,
-            "augmentation": [aug.crop_padding, aug.flip, list(aug.mean), list(aug.std)],
+            "augmentation": [
+                aug.crop_padding,
+                aug.flip,
+                aug.resized_crop,
+                list(aug.mean),
+                list(aug.std),
+            ],
             "precision": self.cfg.train.precision,
         }
         args = dict(
-            static=aug.crop_padding == 0 and not aug.flip,
+            static=aug.crop_padding == 0 and not aug.flip and not aug.resized_crop,
             epochs=self.cfg.train.epochs,
             n=len(self.splits.train),
             num_classes=self.info.num_classes,
