@@ -19,23 +19,23 @@ REPORT_SEEDS = (1, 2, 3, 4, 5)
 REGIMES = {
     1: {
         "title": "Regime 1 — the calibration regime: 2,000 training images, no augmentation, "
-        "40 epochs; student 1/5 of the teacher",
+        "40 epochs; cnn_medium teacher, cnn_small student (1/4)",
         "base": "regime1_base.yaml",
-        "teacher": {"model": "cnn_large"},
-        "student": {"model": "cnn", "kwargs": {"width": 14}},
+        "teacher": {"model": "cnn_medium"},
+        "student": {"model": "cnn_small"},
         "dkd_warmup": 5,
     },
     2: {
         "title": "Regime 2 — full data, short schedule: 55,000 images, crop + flip, 3 epochs; "
-        "student 1/57 of the teacher",
+        "cnn_small teacher, width-2 student (1/14)",
         "base": "regime2_base.yaml",
-        "teacher": {"model": "cnn_medium"},
+        "teacher": {"model": "cnn_small"},
         "student": {"model": "cnn", "kwargs": {"width": 2}},
         "dkd_warmup": 1,
     },
     3: {
         "title": "Regime 3 — the usual recipe: 3,000 images, crop + flip, SGD + cosine, "
-        "40 epochs; student 1/4 of the teacher",
+        "30 epochs; cnn_medium teacher, cnn_small student (1/4)",
         "base": "regime3_base.yaml",
         "teacher": {"model": "cnn_medium"},
         "student": {"model": "cnn_small"},
@@ -154,12 +154,10 @@ METHODS: dict[str, dict] = {
     },
 }
 
-REGIME_METHODS = {
-    1: list(METHODS),
-    2: list(METHODS),
-    # checked outside the first two regimes: the baselines and the strongest of regime 1
-    3: ["scratch", "kd", "nkd", "dml", "kdcl", "bdkd_hard"],
-}
+# Every method in the calibration regime; outside it, the baselines people compare with
+# (KD, DKD, NKD offline; DML, KDCL online) and BD-KD, to check the conclusion elsewhere.
+CHECK = ["scratch", "kd", "dkd", "nkd", "dml", "kdcl", "bdkd_hard"]
+REGIME_METHODS = {1: list(METHODS), 2: CHECK, 3: CHECK}
 
 BDKD = "bdkd_hard"
 SELECTIONS = {

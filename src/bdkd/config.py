@@ -150,6 +150,7 @@ class TrainConfig:
 class EvalConfig:
     bins: int = spec(15, ge=1, le=MAX_BINS)
     temperature_scaling: bool = True
+    val_every: int = spec(1, ge=1)
 
 
 @dataclass

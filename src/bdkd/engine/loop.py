@@ -491,7 +491,7 @@ class Trainer:
                 "lr": lrs,
                 "train": record["terms"],
                 "seconds": record["seconds"],
-                "val": self.validate_epoch(),
+                "val": self.validate_epoch() if self._validates(epoch) else {},
             }
             if self.is_main:
                 append_jsonl(metrics_path, record)
@@ -512,6 +512,12 @@ class Trainer:
             file=sys.stderr,
             flush=True,
         )
+
+    def _validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` ends with a validation pass (``eval.val_every``; always
+        after the last epoch)."""
+        every = self.cfg.eval.val_every
+        return (epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
         if self.tensorboard is None:
