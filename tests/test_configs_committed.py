@@ -42,4 +42,4 @@ def test_llm_config_validates(path):
     from bdkd.llm.run import load_llm_config
 
     cfg = load_llm_config(path)
-    assert cfg.teacher.source == "smollm2" and cfg.output.name
+    assert cfg.teacher.model == "smollm2" and cfg.output.name

@@ -305,3 +305,15 @@ def test_a_run_without_a_validation_split_trains_on_all_of_train(tmp_path, capsy
         assert sorted(saved.files) == ["labels", "logits"]
     assert main(["eval", str(run), "--split", "val"]) == 2
     assert "no validation split" in capsys.readouterr().err
+
+
+def test_tensorboard_scalars_are_written_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    assert main(["train", str(CONFIGS / "scratch.yaml"), *FAST, "--out", str(run)]) == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/student/ce" in tags and "val/student/ece" in tags

@@ -308,7 +308,7 @@ def test_student_from_a_subset_of_teacher_layers_and_random():
         s["model.layers.1.mlp.up_proj.weight"], t["model.layers.3.mlp.up_proj.weight"]
     )
     torch.testing.assert_close(s["lm_head.weight"], t["lm_head.weight"])
-    small = make_student(teacher, layers=2, hidden_size=8, num_attention_heads=2)
+    small = make_student(teacher, layers=2, init="random", hidden_size=8, num_attention_heads=2)
     assert small.config.vocab_size == teacher.config.vocab_size and small.config.hidden_size == 8
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\]"):
         make_student(teacher, layers=[0, 7], init="teacher_layers")
@@ -397,7 +397,7 @@ def test_llm_config_errors(tmp_path, capsys, tiny_llm_config):
             [
                 "llm-distill",
                 str(cfg),
-                f"data.path={tmp_path / 'none'}",
+                f"data.files=[{tmp_path / 'none.jsonl'}]",
                 "--out",
                 str(tmp_path / "y"),
             ]

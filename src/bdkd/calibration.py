@@ -34,10 +34,12 @@ __all__ = [
     "CalibrationAccumulator",
     "adaptive_ece",
     "apply_temperature",
+    "binned_sums",
     "brier",
     "calibration_metrics",
     "classwise_ece",
     "ece",
+    "ece_from_sums",
     "fit_temperature",
     "mce",
     "nll",
@@ -122,8 +124,9 @@ def _bin_index(values: Tensor, n_bins: int) -> Tensor:
     return torch.bucketize(values.contiguous(), inner, right=False)
 
 
-def _binned_sums(values: Tensor, hits: Tensor, n_bins: int) -> Tensor:
-    """(M, 3) per-bin [count, sum of values, sum of hits] (float64)."""
+def binned_sums(values: Tensor, hits: Tensor, n_bins: int) -> Tensor:
+    """(M, 3) per-bin [count, sum of values, sum of hits] (float64) over equal-width bins of
+    ``values`` in [0, 1]: what streaming ECE sums across batches."""
     idx = _bin_index(values, n_bins)
     out = torch.zeros(n_bins, 3, dtype=torch.float64)
     out[:, 0].index_add_(0, idx, torch.ones_like(values, dtype=torch.float64))
@@ -146,7 +149,9 @@ def _classwise_sums(probs: Tensor, labels: Tensor, n_bins: int) -> Tensor:
     return out.reshape(c, n_bins, 3)
 
 
-def _ece_from_sums(sums: Tensor, n: float) -> float:
+def ece_from_sums(sums: Tensor, n: float) -> float:
+    """ECE from per-bin sums (:func:`binned_sums`, summed over batches or processes) of
+    ``n`` samples."""
     return float((sums[..., 2] - sums[..., 1]).abs().sum() / n)
 
 
@@ -182,14 +187,14 @@ def ece(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> float:
     """Expected calibration error over ``n_bins`` equal-width confidence bins."""
     p, y = _check_probs(probs, labels)
     conf, correct = _confidence(p, y)
-    return _ece_from_sums(_binned_sums(conf, correct, _check_bins(n_bins)), p.shape[0])
+    return ece_from_sums(binned_sums(conf, correct, _check_bins(n_bins)), p.shape[0])
 
 
 def mce(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> float:
     """Maximum calibration error: the largest |accuracy - confidence| of a non-empty bin."""
     p, y = _check_probs(probs, labels)
     conf, correct = _confidence(p, y)
-    return _mce_from_sums(_binned_sums(conf, correct, _check_bins(n_bins)))
+    return _mce_from_sums(binned_sums(conf, correct, _check_bins(n_bins)))
 
 
 def adaptive_ece(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> float:
@@ -203,7 +208,7 @@ def classwise_ece(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> f
     """Mean over classes of the ECE of each class's probability against ``1[y = k]``."""
     p, y = _check_probs(probs, labels)
     sums = _classwise_sums(p, y, _check_bins(n_bins))
-    return _ece_from_sums(sums, p.shape[0]) / p.shape[1]
+    return ece_from_sums(sums, p.shape[0]) / p.shape[1]
 
 
 def nll(logits: ArrayLike, labels: ArrayLike) -> float:
@@ -264,7 +269,7 @@ class CalibrationAccumulator:
         onehot[torch.arange(p.shape[0]), y] = 1.0
         k = min(5, self.num_classes)
         top5 = (p.topk(k, dim=1).indices == y.unsqueeze(1)).any(dim=1)
-        self.bins += _binned_sums(conf, correct, self.n_bins)
+        self.bins += binned_sums(conf, correct, self.n_bins)
         self.class_bins += _classwise_sums(p, y, self.n_bins)
         self.totals += torch.tensor(
             [
@@ -321,12 +326,12 @@ class CalibrationAccumulator:
         return {
             "accuracy": float(self.totals[1]) / n,
             "top5": float(self.totals[2]) / n,
-            "ece": _ece_from_sums(self.bins, n),
+            "ece": ece_from_sums(self.bins, n),
             "mce": _mce_from_sums(self.bins),
             "adaptive_ece": _adaptive_from_pairs(
                 torch.cat(self._conf), torch.cat(self._correct), self.n_bins
             ),
-            "classwise_ece": _ece_from_sums(self.class_bins, n) / self.num_classes,
+            "classwise_ece": ece_from_sums(self.class_bins, n) / self.num_classes,
             "nll": float(self.totals[3]) / n,
             "brier": float(self.totals[4]) / n,
         }
@@ -423,7 +428,7 @@ def reliability_diagram(
     for col, (name, (probs, labels)) in enumerate(models.items()):
         p, y = _check_probs(probs, labels)
         conf, correct = _confidence(p, y)
-        sums = _binned_sums(conf, correct, n_bins).numpy()
+        sums = binned_sums(conf, correct, n_bins).numpy()
         count = sums[:, 0]
         with np.errstate(invalid="ignore", divide="ignore"):
             acc = np.where(count > 0, sums[:, 2] / count, 0.0)
@@ -453,7 +458,7 @@ def reliability_diagram(
         )
         top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
         top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if col == 0 else None)
-        value = _ece_from_sums(torch.from_numpy(sums), p.shape[0])
+        value = ece_from_sums(torch.from_numpy(sums), p.shape[0])
         top.set_title(f"{name}\nECE {100 * value:.2f}% ({n_bins} bins)", fontsize=10)
         top.legend(loc="upper left", fontsize=8)
         bottom.bar(

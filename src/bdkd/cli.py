@@ -291,12 +291,49 @@ def _cmd_llm_distill(args: argparse.Namespace) -> int:
         )
         summary = run_llm_distill(cfg, run_dir, force=args.force, protect=(args.config,))
     r = summary["results"]["student"]
+    objective = summary["objective"]
+    if summary.get("effective_objective", objective) != objective:
+        objective += f" (= {summary['effective_objective']})"
     print(
-        f"{summary['objective']}: perplexity {r['perplexity']:.2f}, next-token accuracy {100 * r['accuracy']:.2f} %, "
+        f"{objective}: perplexity {r['perplexity']:.2f}, next-token accuracy {100 * r['accuracy']:.2f} %, "
         f"token ECE {100 * r['ece']:.2f} %, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}, teacher top-1 agreement "
         f"{100 * r['teacher_top1_agreement']:.2f} %, ROUGE-L vs teacher {r['rouge_l_vs_teacher']:.3f}"
     )
-    print(f"run written to {run_dir}")
+    student = f"; the student is in {summary['student_dir']}" if "student_dir" in summary else ""
+    print(f"run written to {run_dir}{student}")
+    return 0
+
+
+def _cmd_llm_eval(args: argparse.Namespace) -> int:
+    from bdkd.llm.data import Fields
+    from bdkd.llm.evaluate import evaluate_model
+
+    summary = evaluate_model(
+        args.model,
+        args.data,
+        args.out,
+        teacher=args.teacher,
+        fmt=args.format,
+        fields=Fields(
+            args.text_field, args.prompt_field, args.completion_field, args.messages_field
+        ),
+        max_length=args.max_length,
+        max_samples=args.max_samples,
+        batch=args.batch,
+        bins=args.bins,
+        device=args.device,
+        force=args.force,
+    )
+    r = summary["results"]["model"]
+    line = (
+        f"{args.model}: perplexity {r['perplexity']:.2f}, next-token accuracy "
+        f"{100 * r['accuracy']:.2f} %, token ECE {100 * r['ece']:.2f} %, NLL {r['nll']:.4f}, "
+        f"Brier {r['brier']:.4f} over {int(r['tokens'])} tokens of {summary['texts']} texts"
+    )
+    if "teacher_top1_agreement" in r:
+        line += f"; top-1 agreement with the teacher {100 * r['teacher_top1_agreement']:.2f} %"
+    print(line)
+    print(f"written to {args.out} (summary.json, report.md)")
     return 0
 
 
@@ -439,8 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     llm = sub.add_parser(
         "llm-distill",
-        help="distil a causal language model (SmolLM2 teacher, small Llama student) on a corpus",
-        description="Distil a causal LM from a YAML config (see configs/llm/); dotted overrides as for train.",
+        help="distil a causal language model into another (any transformers model, local data)",
+        description="Distil a causal LM from a YAML config (see configs/llm/ and docs/llm.md); "
+        "dotted overrides as for train. The student is saved to RUN/student (save_pretrained).",
     )
     llm.add_argument("config", nargs="?")
     llm.add_argument("overrides", nargs="*")
@@ -474,6 +512,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--force", action="store_true", help="overwrite --out")
     exp.set_defaults(func=_cmd_export)
+
+    lev = sub.add_parser(
+        "llm-eval",
+        help="next-token metrics of any causal LM on local data (perplexity, token ECE, ...)",
+        description="Evaluate MODEL (a save_pretrained directory, a cached hub id or a .gguf "
+        "file) on --data (jsonl/json/parquet with prompt/completion, chat messages or text; or "
+        "plain text lines): perplexity, next-token accuracy, token ECE / NLL / Brier, and "
+        "agreement with --teacher; writes --out/summary.json and report.md.",
+    )
+    lev.add_argument("model")
+    lev.add_argument("--data", nargs="+", required=True, help="data files")
+    lev.add_argument("--out", required=True, help="the output directory")
+    lev.add_argument("--teacher", help="compare with this model (same vocabulary)")
+    lev.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "prompt_completion", "messages", "text", "lines", "fortunes"),
+    )
+    lev.add_argument("--text-field", default="text")
+    lev.add_argument("--prompt-field", default="prompt")
+    lev.add_argument("--completion-field", default="completion")
+    lev.add_argument("--messages-field", default="messages")
+    lev.add_argument("--max-length", type=int, default=512)
+    lev.add_argument("--max-samples", type=int)
+    lev.add_argument("--batch", type=int, default=16)
+    lev.add_argument("--bins", type=int, default=15)
+    lev.add_argument("--device", default="auto")
+    lev.add_argument("--force", action="store_true", help="replace --out (a bdkd output)")
+    lev.set_defaults(func=_cmd_llm_eval)
 
     methods = sub.add_parser("methods", help="list the methods, models and datasets")
     methods.set_defaults(func=_cmd_methods)

@@ -39,7 +39,9 @@ from torch import Tensor
 __all__ = [
     "REDUCTIONS",
     "apply_rows",
+    "kl_rows",
     "pairwise_rows",
+    "row_values",
     "ab_divergence",
     "entropy",
     "forward_kl",
@@ -126,8 +128,8 @@ def _weighted_log_ratio(weight: Tensor, log_a: Tensor, log_b: Tensor) -> Tensor:
     return weight * diff
 
 
-def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """KL(a || b) per row, from log-probabilities."""
+def kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a || b) per row from log-probabilities (N, C); classes where a is 0 add nothing."""
     return _weighted_log_ratio(log_a.exp(), log_a, log_b).sum(-1)
 
 
@@ -204,14 +206,16 @@ def _sanitize_rows(x: Tensor, valid: Tensor | None) -> Tensor:
     return torch.where(valid.unsqueeze(-1), x, 0.0)
 
 
-def _row_values(
+def row_values(
     fn: RowFn,
     logits: Sequence[Tensor],
     valid: Tensor | None,
     temperature: float,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Per-row values of ``fn`` on log-softmaxed logits; rows outside ``valid`` are 0."""
+    """Per-row values of ``fn`` on ``log_softmax(logits / temperature)`` computed in ``dtype``;
+    rows outside ``valid`` are 0 and never reach the gradients. No checks: the building block
+    of :func:`apply_rows` and of fused paths that form logits chunk by chunk."""
     log_probs = [_log_probs(_sanitize_rows(x, valid), temperature, dtype) for x in logits]
     values = fn(*log_probs)
     if valid is not None:
@@ -253,7 +257,7 @@ class _ChunkedRows(torch.autograd.Function):
             ]
             chunk_valid = None if valid is None else valid[start:stop]
             with torch.enable_grad():
-                v = _row_values(fn, chunk, chunk_valid, temperature, dtype)
+                v = row_values(fn, chunk, chunk_valid, temperature, dtype)
                 wrt = [c for c, need in zip(chunk, needs, strict=True) if need]
                 chunk_grads = torch.autograd.grad(v.sum(), wrt)
             it = iter(chunk_grads)
@@ -294,13 +298,13 @@ def apply_rows(
 
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
     if chunk_size is None or flat[0].shape[0] <= chunk_size:
-        values = _row_values(fn, flat, valid, temperature, dtype)
+        values = row_values(fn, flat, valid, temperature, dtype)
     elif needs_grad:
         values = _ChunkedRows.apply(fn, chunk_size, temperature, dtype, valid, *flat)
     else:
         values = torch.cat(
             [
-                _row_values(
+                row_values(
                     fn,
                     [x[i : i + chunk_size] for x in flat],
                     None if valid is None else valid[i : i + chunk_size],
@@ -347,9 +351,9 @@ def pairwise_rows(name: str, **params: float) -> RowFn:
     if unknown:
         raise ValueError(f"divergence {name!r} takes {sorted(allowed[name])}, got {unknown}")
     if name == "forward_kl":
-        return lambda log_q, log_p: _kl_rows(log_p, log_q)
+        return lambda log_q, log_p: kl_rows(log_p, log_q)
     if name == "reverse_kl":
-        return _kl_rows
+        return kl_rows
     if name == "total_variation":
         return lambda log_q, log_p: 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
     if name in ("skew_forward_kl", "skew_reverse_kl"):
@@ -357,10 +361,10 @@ def pairwise_rows(name: str, **params: float) -> RowFn:
         _check_unit_interval("skew", skew)
         if name == "skew_forward_kl":
             return lambda log_q, log_p: (
-                _kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
+                kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
             )
         return lambda log_q, log_p: (
-            _kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
+            kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
         )
     if name == "js_divergence":
         beta = float(params.get("beta", 0.5))
@@ -370,9 +374,9 @@ def pairwise_rows(name: str, **params: float) -> RowFn:
             log_m = _log_mix(log_p, log_q, beta)
             value = _graph_anchor(log_q) + _graph_anchor(log_p)
             if beta > 0.0:
-                value = value + beta * _kl_rows(log_p, log_m)
+                value = value + beta * kl_rows(log_p, log_m)
             if beta < 1.0:
-                value = value + (1.0 - beta) * _kl_rows(log_q, log_m)
+                value = value + (1.0 - beta) * kl_rows(log_q, log_m)
             return value
 
         return js_rows

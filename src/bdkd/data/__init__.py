@@ -9,6 +9,7 @@ from bdkd.data import custom, folders, sources  # noqa: F401  (registers the dat
 from bdkd.data.augment import (
     Augment,
     epoch_generator,
+    epoch_seed,
     hflip,
     normalize,
     random_crop,
@@ -43,6 +44,7 @@ __all__ = [
     "Splits",
     "available_datasets",
     "epoch_generator",
+    "epoch_seed",
     "hflip",
     "load_dataset",
     "make_splits",

@@ -106,10 +106,15 @@ def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Ten
     return (x.float() / 255.0 - m) / s
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in epoch (or step) ``epoch`` of a run with ``seed``."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of everything random in epoch ``epoch`` of a run with ``seed`` (data
     order, augmentation): the same in every process, batch and run."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class Augment:

@@ -31,6 +31,7 @@ from bdkd.engine.checkpoint import (
 )
 from bdkd.engine.evaluate import Evaluation, evaluate_networks
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
+from bdkd.engine.progress import Progress, open_tensorboard
 from bdkd.engine.rundir import (
     RunDirError,
     append_jsonl,
@@ -98,35 +99,6 @@ def check_checkpoint_matches(
             f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change; start a new "
             "run instead)"
         )
-
-
-class Progress:
-    """A one-line progress display with the live loss terms (stderr)."""
-
-    def __init__(self, enabled: bool, total: int, prefix: str) -> None:
-        self.enabled, self.total, self.prefix = enabled, total, prefix
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.every = 1 if self.tty else max(1, total // 4)
-
-    def due(self, step: int) -> bool:
-        """Whether ``update`` would print at ``step`` (so callers skip building its input)."""
-        return self.enabled and (step % self.every == 0 or step == self.total)
-
-    def update(self, step: int, terms: dict[str, float]) -> None:
-        rate = step / max(time.perf_counter() - self.start, 1e-9)
-        shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-        line = f"{self.prefix} [{step}/{self.total}] {shown} | {rate:.1f} it/s"
-        print(
-            ("\r" + line) if self.tty else line,
-            end="" if self.tty else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr, flush=True)
 
 
 class Trainer:
@@ -201,7 +173,7 @@ class Trainer:
         distributed.barrier()
         if not resume and not self.is_main:
             self.run_id = str((read_marker(self.run_dir) or {}).get("run_id", ""))
-        self.tensorboard = self._tensorboard() if self.is_main else None
+        self.tensorboard = open_tensorboard(self.run_dir) if self.is_main else None
         self._frozen_val: Evaluation | None = None
 
     def _dry_run(self) -> None:
@@ -344,13 +316,6 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         if self.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ one epoch
 

@@ -17,11 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.llm.fused import fused_linear_divergence
+from bdkd.llm.fused import fused_linear_divergence, postprocess
 
 
-def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
-    """The base model (hidden states after the final norm) and the LM head of a causal LM."""
+def logit_postprocessing(model: nn.Module) -> tuple[float, float | None]:
+    """(scale, softcap) a causal LM applies to its head's output, from its config
+    (``logit_scale`` / ``output_multiplier``, ``final_logit_softcapping``); (1, None) for most."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return 1.0, None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return float(scale) if scale is not None else 1.0, softcap
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """The base model (hidden states after the final norm) and the LM head of a causal LM
+    (a PEFT-wrapped one too: its adapters sit inside the decoder's layers)."""
     decoder = (
         model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     )
@@ -84,8 +99,9 @@ class CausalLMDistiller(nn.Module):
     def forward(self, batch: LMBatch, normalizer: float | None = None) -> dict[str, Tensor]:
         """Named loss terms of ``batch``; ``normalizer`` divides token sums (accumulation)."""
         mask = batch.target_mask()
-        s_decoder, s_head = _decoder_and_head(self.student)
-        t_decoder, t_head = _decoder_and_head(self.teacher)
+        s_post, t_post = logit_postprocessing(self.student), logit_postprocessing(self.teacher)
+        s_decoder, s_head = decoder_and_head(self.student)
+        t_decoder, t_head = decoder_and_head(self.teacher)
         with torch.no_grad():
             t_hidden = t_decoder(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -109,11 +125,15 @@ class CausalLMDistiller(nn.Module):
                 reduction=reduction,
                 normalizer=normalizer,
                 chunk_size=self.chunk_size,
+                logit_scale=s_post[0],
+                logit_softcap=s_post[1],
+                teacher_logit_scale=t_post[0],
+                teacher_logit_softcap=t_post[1],
                 **self.params,
             )
         }
         if self.ce_weight:
-            logits = s_head(s_hidden)[mask].float()
+            logits = postprocess(s_head(s_hidden[mask]).float(), *s_post)
             ce = F.cross_entropy(logits, batch.input_ids[:, 1:][mask], reduction="sum")
             terms["ce"] = (
                 self.ce_weight
@@ -157,10 +177,17 @@ def sample_student(
     max_new_tokens: int,
     temperature: float = 1.0,
     pad_token_id: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
     generator_seed: int | None = None,
 ) -> LMBatch:
     """On-policy sequences: the student continues each (left-padded) prompt by sampling; the
-    generated tokens are the targets (GKD's on-policy data)."""
+    generated tokens are the targets (GKD's on-policy data).
+
+    A row that ends early is padded by ``generate`` after its end-of-sequence token: those
+    positions are masked (attention and loss); the end-of-sequence token itself is a target,
+    since stopping is what the student must learn. ``eos_token_id`` defaults to the
+    student's generation config.
+    """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     was_training = student.training
@@ -175,19 +202,19 @@ def sample_student(
         pad_token_id=pad_token_id,
     )
     student.train(was_training)
-    generated = out.shape[1] - prompt_ids.shape[1]
-    attention = torch.cat(
-        [
-            prompt_mask,
-            torch.ones(out.shape[0], generated, dtype=prompt_mask.dtype, device=out.device),
-        ],
-        1,
+    generated = out[:, prompt_ids.shape[1] :]
+    if eos_token_id is None:
+        eos_token_id = getattr(getattr(student, "generation_config", None), "eos_token_id", None)
+    eos = (
+        []
+        if eos_token_id is None
+        else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
     )
-    loss_mask = torch.cat(
-        [
-            torch.zeros_like(prompt_mask),
-            torch.ones(out.shape[0], generated, dtype=prompt_mask.dtype, device=out.device),
-        ],
-        1,
+    is_eos = torch.isin(
+        generated, torch.tensor(eos, device=generated.device, dtype=generated.dtype)
     )
+    after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    valid = (~after_eos).to(prompt_mask.dtype)
+    attention = torch.cat([prompt_mask, valid], 1)
+    loss_mask = torch.cat([torch.zeros_like(prompt_mask), valid], 1)
     return LMBatch(out, attention, loss_mask)

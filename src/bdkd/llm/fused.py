@@ -7,6 +7,10 @@ and that gradient is pushed straight into ``grad h = g W`` and ``grad W += g^T h
 one chunk's (chunk, V) logits ever exist. The teacher is given as logits (N, V) or as
 hidden states and head (its logits then formed chunk by chunk too, without gradients).
 Values and gradients equal the unfused path (``bdkd.llm.token_loss`` on ``h W^T``).
+
+Models that post-process their logits are followed exactly: ``scale`` multiplies them
+(Cohere's ``logit_scale``) and ``softcap`` applies ``softcap * tanh(z / softcap)`` after it
+(Gemma's ``final_logit_softcapping``), for the student and the teacher separately.
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bdkd.divergences import _row_values
+from bdkd.divergences import row_values
 from bdkd.llm.objectives import token_rows
 
 
 def _flatten(x: Tensor | None, dim: int) -> Tensor | None:
     return None if x is None else x.reshape(-1, dim)
+
+
+def postprocess(logits: Tensor, scale: float = 1.0, softcap: float | None = None) -> Tensor:
+    """A model's own logit post-processing: times ``scale``, then ``softcap * tanh(z / softcap)``."""
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits
 
 
 class _FusedLinearDivergence(torch.autograd.Function):
@@ -37,6 +50,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
         temperature: float,
         chunk_size: int,
         scale: float,
+        post: tuple[float, float | None, float, float | None],
     ) -> Tensor:
         needs = (
             hidden.requires_grad,
@@ -65,12 +79,14 @@ class _FusedLinearDivergence(torch.autograd.Function):
                     t = teacher_hidden[start:stop].float() @ teacher_weight.float().T
                     if teacher_bias is not None:
                         t = t + teacher_bias.float()
+                t = postprocess(t, post[2], post[3])
             logits = h @ w32.T
             if b32 is not None:
                 logits = logits + b32
             logits.requires_grad_(any(needs))
             with torch.enable_grad():
-                values = _row_values(fn, [logits, t], None, temperature, torch.float32)
+                z = postprocess(logits, post[0], post[1])
+                values = row_values(fn, [z, t], None, temperature, torch.float32)
                 chunk_total = values.sum()
                 if any(needs):
                     (g,) = torch.autograd.grad(chunk_total, logits)
@@ -95,7 +111,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
         gh, gw, gb = ctx.grads
         ctx.grads = None
         out = [None if g is None else g * grad_out.to(g.dtype) for g in (gh, gw, gb)]
-        return (*out, None, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None, None)
 
 
 def fused_linear_divergence(
@@ -113,6 +129,10 @@ def fused_linear_divergence(
     reduction: str = "mean",
     normalizer: float | None = None,
     chunk_size: int = 1024,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
+    teacher_logit_scale: float = 1.0,
+    teacher_logit_softcap: float | None = None,
     **params: float,
 ) -> Tensor:
     """Token-level ``objective`` of student logits ``hidden @ weight.T (+ bias)`` against the
@@ -123,6 +143,8 @@ def fused_linear_divergence(
     (over valid tokens) or ``sum``; ``normalizer`` divides the sum by a count of your choosing
     (the valid tokens of a whole accumulated batch, for micro-batches). Gradients flow into
     ``hidden``, ``weight`` and ``bias``; the teacher is treated as detached. One backward pass.
+    ``logit_scale``/``logit_softcap`` (and the teacher's) repeat a model's own post-processing
+    of its logits (see :func:`postprocess`).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -186,4 +208,5 @@ def fused_linear_divergence(
         temperature,
         chunk_size,
         scale,
+        (logit_scale, logit_softcap, teacher_logit_scale, teacher_logit_softcap),
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bdkd.calibration import _binned_sums, _ece_from_sums
+from bdkd.calibration import binned_sums, ece_from_sums
 from bdkd.divergences import forward_kl
 
 
@@ -66,7 +66,7 @@ class TokenMetrics:
         p_y = log_p.gather(1, y[:, None]).squeeze(1)
         # Brier = sum_k p_k^2 - 2 p_y + 1, without a one-hot of the vocabulary
         brier = (2 * log_p).exp().sum(-1) - 2 * p_y.exp() + 1
-        self.bins += _binned_sums(conf.double(), correct, self.n_bins)
+        self.bins += binned_sums(conf.double(), correct, self.n_bins)
         row = [
             z.shape[0],
             float(correct.sum()),
@@ -94,7 +94,7 @@ class TokenMetrics:
             "tokens": n,
             "perplexity": math.exp(nll),
             "accuracy": float(self.totals[1]) / n,
-            "ece": _ece_from_sums(self.bins, n),
+            "ece": ece_from_sums(self.bins, n),
             "nll": nll,
             "brier": float(self.totals[3]) / n,
         }

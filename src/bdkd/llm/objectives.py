@@ -4,13 +4,17 @@ Every objective is averaged over the valid tokens (``mask`` True), never over pa
 the divergences of :mod:`bdkd.divergences` (no T^2), ABKD (``ab_divergence``, no T^2), and
 BD-KD's entropy-balanced forward/reverse KL per token (times T^2, as
 :func:`bdkd.losses.bdkd_student_loss`).
+
+``js_divergence`` follows TRL's generalized-JSD convention at its endpoints: ``beta=0`` is
+forward KL and ``beta=1`` reverse KL (the normalised limits), so a GKD config ported with
+those values trains on what it meant, not on the definition's value there, which is 0.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from bdkd.divergences import RowFn, _kl_rows, apply_rows, pairwise_rows
+from bdkd.divergences import RowFn, apply_rows, kl_rows, pairwise_rows
 from bdkd.losses.bdkd import bdkd_weights
 
 TOKEN_OBJECTIVES = (
@@ -32,7 +36,7 @@ def bdkd_rows(
 
     def rows(log_q: Tensor, log_p: Tensor) -> Tensor:
         w_f, w_r = bdkd_weights(log_q, log_p, rule=rule, high=high, low=low, sharpness=sharpness)
-        return w_f * _kl_rows(log_p, log_q) + w_r * _kl_rows(log_q, log_p)
+        return w_f * kl_rows(log_p, log_q) + w_r * kl_rows(log_q, log_p)
 
     return rows
 
@@ -43,7 +47,18 @@ def token_rows(objective: str, **params: float) -> tuple[RowFn, bool]:
         return bdkd_rows(**params), True  # type: ignore[arg-type]
     if objective not in TOKEN_OBJECTIVES:
         raise ValueError(f"unknown token objective {objective!r}; known: {list(TOKEN_OBJECTIVES)}")
+    objective, params = effective_objective(objective, params)
     return pairwise_rows(objective, **params), False
+
+
+def effective_objective(objective: str, params: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """What ``objective`` computes: ``js_divergence`` at ``beta`` 0 or 1 is forward or
+    reverse KL (TRL's convention); everything else is itself."""
+    if objective == "js_divergence" and "beta" in params:
+        beta = params["beta"]
+        if isinstance(beta, (int, float)) and beta in (0, 1):
+            return ("forward_kl" if beta == 0 else "reverse_kl"), {}
+    return objective, dict(params)
 
 
 def token_loss(

@@ -1,17 +1,27 @@
-"""`bdkd llm-distill CONFIG`: distil a causal LM on a text corpus, offline or on-policy.
+"""`bdkd llm-distill CONFIG`: distil a causal LM into another, offline or on-policy.
 
-A run: tokenised corpus (teacher's tokenizer) split into train / val / test by seed; each
-step draws micro-batches from train (or, with probability ``on_policy_fraction``, sequences
-the student samples from train prompts, as in GKD), accumulates their gradients normalised
-over the step's target tokens, and steps AdamW. Every ``eval_every`` steps the student is
-evaluated on val (perplexity, next-token accuracy, token ECE / NLL / Brier, agreement with
-the teacher) and a checkpoint is written atomically; ``--resume`` continues exactly. At the
-end: the same metrics on test and ROUGE-L of the student's greedy continuations of test
-prompts against the teacher's and against the corpus text.
+A run: the config is validated and every path checked before any model loads; teacher and
+student are loaded (any causal LM: a ``save_pretrained`` directory, a cached hub id, a GGUF
+file, or the student derived from the teacher) and their vocabularies compared; the data
+files are tokenised with the teacher's tokenizer and split into train / val / test by seed;
+one dry forward pass checks the objective before the run directory is touched. Each step
+draws micro-batches from train (or, with probability ``on_policy_fraction``, sequences the
+student samples from train prompts, as in GKD), accumulates their gradients normalised over
+the step's target tokens and steps AdamW; a non-finite loss stops the run at that step.
+Every ``eval_every`` steps the student is evaluated on val (perplexity, next-token accuracy,
+token ECE / NLL / Brier, agreement with the teacher) and a checkpoint is written atomically;
+``--resume`` continues exactly. At the end: the same metrics on test for student and
+teacher, ROUGE-L of greedy continuations of test prompts, and the student saved as a
+``save_pretrained`` directory ``RUN/student`` (safetensors, with the tokenizer) that
+``AutoModelForCausalLM.from_pretrained`` loads.
+
+Run directories, checkpoints, config validation, progress display and TensorBoard are the
+image engine's (:mod:`bdkd.engine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
@@ -30,8 +40,10 @@ from bdkd.config import (
     read_yaml,
     spec,
 )
+from bdkd.data.augment import epoch_seed
 from bdkd.engine.checkpoint import (
     load_checkpoint,
+    load_network_state,
     rng_state,
     save_atomic,
     seed_everything,
@@ -39,10 +51,11 @@ from bdkd.engine.checkpoint import (
 )
 from bdkd.engine.loop import (
     CHECKPOINT_FORMAT,
+    TrainingDiverged,
     check_checkpoint_matches,
     check_resumable,
-    load_network_state,
 )
+from bdkd.engine.progress import Progress, open_tensorboard
 from bdkd.engine.rundir import (
     append_jsonl,
     check_run_dir,
@@ -50,38 +63,56 @@ from bdkd.engine.rundir import (
     truncate_metrics,
     write_text_atomic,
 )
-from bdkd.files import write_json
+from bdkd.files import write_json, write_text
+from bdkd.llm.data import (
+    FORMATS,
+    FORTUNES,
+    Example,
+    Fields,
+    LMDataError,
+    collate,
+    prompt_batch,
+    read_rows,
+    split_examples,
+    tokenize_rows,
+)
 from bdkd.llm.distill import CausalLMDistiller, LMBatch, accumulate_step, sample_student
 from bdkd.llm.metrics import TokenMetrics, mean_rouge_l
 
-FORTUNES = "/usr/share/games/fortunes/fortunes"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class TeacherConfig:
-    source: str = spec("smollm2", choices=("smollm2", "gguf", "tiny"))
-    path: str | None = None
-    tiny: dict[str, Any] = field(default_factory=dict)
+    # a save_pretrained directory, a hub id (from the local cache), a .gguf file, or smollm2
+    model: str = "smollm2"
+    dtype: str = spec("float32", choices=tuple(DTYPES))
 
 
 @dataclass
 class StudentConfig:
-    init: str = spec("random", choices=("random", "teacher_layers"))
-    layers: list[int] | int = spec(4, ge=1, items={"ge": 0})
-    hidden_size: int = spec(256, ge=1)
-    num_attention_heads: int = spec(4, ge=1)
-    intermediate_size: int | None = spec(None, ge=1)
+    # exactly one of: model (loaded like the teacher's), layers (a subset of the teacher's
+    # layers), config (the teacher's architecture with these overrides, random init)
+    model: str | None = None
+    layers: list[int] | None = spec(None, items={"ge": 0})
+    config: dict[str, Any] | None = None
+    lora: dict[str, Any] | None = None
 
 
 @dataclass
-class CorpusConfig:
-    # fortunes (%-separated entries) | lines (one text per line)
-    corpus: str = spec("fortunes", choices=("fortunes", "lines"))
-    path: str | None = None
-    max_length: int = spec(64, ge=2)
+class LMDataConfig:
+    files: list[str] = field(default_factory=lambda: [FORTUNES])
+    format: str = spec("auto", choices=FORMATS)
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    val_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    val_size: int | float = spec(0.1, ge=0)
+    test_size: int | float = spec(0.1, ge=0)
+    max_length: int = spec(256, ge=2)
     prompt_tokens: int = spec(8, ge=1)
-    val_size: int = spec(64, ge=1)
-    test_size: int = spec(64, ge=1)
     max_samples: int | None = spec(None, ge=1)
 
 
@@ -91,40 +122,47 @@ class ObjectiveConfig:
     temperature: float = spec(1.0, gt=0)
     params: dict[str, float] = field(default_factory=dict)
     ce_weight: float = spec(0.0, ge=0)
+    distill_weight: float = spec(1.0, ge=0)
 
 
 @dataclass
 class LLMTrainConfig:
     steps: int = spec(200, ge=1)
     micro_batch: int = spec(8, ge=1)
-    accumulation: int = spec(2, ge=1)
-    lr: float = spec(1e-3, gt=0)
+    accumulation: int = spec(1, ge=1)
+    lr: float = spec(1e-4, gt=0)
     weight_decay: float = spec(0.0, ge=0)
     grad_clip: float | None = spec(1.0, gt=0)
     seed: int = spec(0, ge=0, le=MAX_SEED)
     on_policy_fraction: float = spec(0.0, ge=0, le=1)
     sample_temperature: float = spec(1.0, gt=0)
-    max_new_tokens: int = spec(24, ge=1)
+    max_new_tokens: int = spec(32, ge=1)
     eval_every: int = spec(50, ge=1)
+    eval_batch: int = spec(16, ge=1)
     chunk_size: int = spec(1024, ge=1)
     device: str = "auto"
     threads: int | None = spec(None, ge=1, le=4096)
+    progress: bool = True
 
 
 @dataclass
 class LLMOutputConfig:
     dir: str = "runs"
     name: str | None = None
+    save_student: bool = True
 
 
 @dataclass
 class LLMConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    data: CorpusConfig = field(default_factory=CorpusConfig)
+    data: LMDataConfig = field(default_factory=LMDataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: LLMTrainConfig = field(default_factory=LLMTrainConfig)
     output: LLMOutputConfig = field(default_factory=LLMOutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def load_llm_config(path: str | Path, overrides: list[str] | None = None) -> LLMConfig:
@@ -133,7 +171,8 @@ def load_llm_config(path: str | Path, overrides: list[str] | None = None) -> LLM
 
 
 def validate_llm_config(data: dict[str, Any]) -> LLMConfig:
-    """Validate a plain dict into an :class:`LLMConfig` (errors name the key)."""
+    """Validate a plain dict into an :class:`LLMConfig` (errors name the key). Loads nothing;
+    :func:`check_inputs` then checks that the models and files it names exist."""
     cfg = build_section(LLMConfig, data, "")
     from bdkd.llm.objectives import TOKEN_OBJECTIVES, token_rows
 
@@ -145,130 +184,87 @@ def validate_llm_config(data: dict[str, Any]) -> LLMConfig:
         token_rows(cfg.objective.name, **cfg.objective.params)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config key 'objective.params': {err}") from None
-    if cfg.data.prompt_tokens + 1 >= cfg.data.max_length:
+    s = cfg.student
+    given = [k for k in ("model", "layers", "config") if getattr(s, k) is not None]
+    if len(given) != 1:
         raise ConfigError(
-            f"config key 'data.max_length': must exceed data.prompt_tokens + 1 "
-            f"({cfg.data.prompt_tokens + 1}), got {cfg.data.max_length}"
+            "config key 'student': give exactly one of model (a directory, hub id or .gguf), "
+            f"layers (indices of the teacher's layers) or config (overrides of the teacher's "
+            f"architecture, randomly initialised); got {given or 'none'}"
         )
+    if s.layers is not None and not s.layers:
+        raise ConfigError("config key 'student.layers': list at least one teacher layer")
+    if not cfg.data.files:
+        raise ConfigError("config key 'data.files': list at least one data file")
     check_run_name(cfg.output.name)
     return cfg
 
 
-# --------------------------------------------------------------------------- corpus, tokenizer
+def check_inputs(cfg: LLMConfig) -> None:
+    """Every model and file the config names exists (nothing is loaded): one-line errors
+    before minutes are spent loading a teacher."""
+    from bdkd.llm.models import describe_source
+
+    for key, name in (("teacher.model", cfg.teacher.model), ("student.model", cfg.student.model)):
+        if name is None:
+            continue
+        try:
+            describe_source(name)
+        except (FileNotFoundError, ImportError) as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
+    for key in ("files", "val_files", "test_files"):
+        for f in getattr(cfg.data, key):
+            if not Path(f).is_file():
+                how = " (apt-get install fortunes)" if f == FORTUNES else ""
+                raise ConfigError(f"config key 'data.{key}': {f} does not exist{how}")
 
 
-class ByteTokenizer:
-    """A byte-level tokenizer (ids 0-255, pad 256, eos 257) for tiny test models."""
-
-    pad_token_id, eos_token_id, vocab_size = 256, 257, 258
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+# --------------------------------------------------------------------------- building
 
 
-def read_corpus(cfg: CorpusConfig) -> list[str]:
-    """The texts of the corpus (fortunes: entries separated by lines holding '%')."""
-    path = Path(cfg.path or FORTUNES)
-    if not path.is_file():
-        how = (
-            "apt-get install fortunes (or fortunes-min)"
-            if cfg.corpus == "fortunes"
-            else "set data.path"
-        )
-        raise ConfigError(f"config key 'data.path': {path} does not exist; {how}")
-    text = path.read_text(errors="replace")
-    if cfg.corpus == "fortunes":
-        texts = [t.strip() for t in text.split("\n%\n")]
-    elif cfg.corpus == "lines":
-        texts = [t.strip() for t in text.splitlines()]
-    else:
-        raise ConfigError(
-            f"config key 'data.corpus': must be 'fortunes' or 'lines', got {cfg.corpus!r}"
-        )
-    texts = [t for t in texts if t]
-    return texts[: cfg.max_samples] if cfg.max_samples else texts
+@dataclass
+class Built:
+    """Everything a run needs, built and checked before the run directory is touched."""
 
-
-def tokenize(texts: list[str], tokenizer: Any, cfg: CorpusConfig) -> list[list[int]]:
-    """Token ids of each text, ending in EOS, cut at ``max_length``; shorter than a prompt
-    plus one target token are dropped."""
-    eos = tokenizer.eos_token_id
-    out = []
-    for text in texts:
-        ids = (
-            tokenizer.encode(text)
-            if isinstance(tokenizer, ByteTokenizer)
-            else tokenizer(text).input_ids
-        ) + [eos]
-        ids = ids[: cfg.max_length]
-        if len(ids) > cfg.prompt_tokens + 1:
-            out.append(ids)
-    return out
-
-
-def collate(seqs: list[list[int]], pad: int, device: torch.device) -> LMBatch:
-    """Right-padded batch; every non-padding token after the first is a target."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attention = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        attention[i, : len(s)] = 1
-    return LMBatch(ids.to(device), attention.to(device), attention.clone().to(device))
-
-
-# --------------------------------------------------------------------------- the run
+    teacher: Any
+    student: Any
+    tokenizer: Any
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    dropped: int
+    pad: int
 
 
 def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
-    """(teacher, student, tokenizer)."""
-    from bdkd.llm.models import load_gguf, make_student, smollm2_gguf_path
-
-    t = cfg.teacher
-    if t.source == "smollm2":
-        teacher, tokenizer = load_gguf(smollm2_gguf_path())
-    elif t.source == "gguf":
-        if not t.path:
-            raise ConfigError("config key 'teacher.path': a .gguf file is needed for source gguf")
-        teacher, tokenizer = load_gguf(t.path)
-    elif t.source == "tiny":
-        import transformers
-
-        tokenizer = ByteTokenizer()
-        torch.manual_seed(cfg.train.seed + 1)
-        spec = {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            **t.tiny,
-        }
-        spec.setdefault("num_key_value_heads", spec["num_attention_heads"])
-        teacher = transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=tokenizer.vocab_size,
-                max_position_embeddings=256,
-                tie_word_embeddings=False,
-                **spec,
-            )
-        )
-    else:
-        raise ConfigError(
-            f"config key 'teacher.source': must be smollm2, gguf or tiny, got {t.source!r}"
-        )
-    s = cfg.student
-    student = make_student(
-        teacher,
-        layers=s.layers,
-        hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size,
-        num_attention_heads=s.num_attention_heads,
-        init=s.init,
-        seed=cfg.train.seed,
+    """(teacher, student, tokenizer): the student loaded or derived, vocabularies checked,
+    LoRA added when asked."""
+    from bdkd.llm.models import (
+        add_lora,
+        check_same_tokenizer,
+        check_same_vocabulary,
+        load_causal_lm,
+        make_student,
     )
+
+    teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
+    s = cfg.student
+    if s.model is not None:
+        student, student_tok = load_causal_lm(s.model)
+        check_same_vocabulary(teacher, student, cfg.teacher.model, s.model)
+        check_same_tokenizer(tokenizer, student_tok, cfg.teacher.model, s.model)
+        name = s.model
+    else:
+        try:
+            student = make_student(teacher, layers=s.layers, config=s.config, seed=cfg.train.seed)
+        except (ValueError, TypeError) as err:
+            key = "layers" if s.layers is not None else "config"
+            raise ConfigError(f"config key 'student.{key}': {err}") from None
+        name = "the derived student"
+    student.float()
+    check_same_vocabulary(teacher, student, cfg.teacher.model, name)
+    if s.lora:
+        student = add_lora(student, s.lora)
     return teacher, student, tokenizer
 
 
@@ -277,39 +273,137 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
+def build_data(
+    cfg: LLMConfig, tokenizer: Any
+) -> tuple[list[Example], list[Example], list[Example], int]:
+    """(train, val, test, dropped) tokenised with ``tokenizer``."""
+    d = cfg.data
+    fields = Fields(d.text_field, d.prompt_field, d.completion_field, d.messages_field)
+
+    def examples(files: list[str]) -> tuple[list[Example], int]:
+        rows, fmt = read_rows(files, d.format)
+        if d.max_samples:
+            rows = rows[: d.max_samples]
+        return tokenize_rows(
+            rows,
+            fmt,
+            tokenizer,
+            fields=fields,
+            max_length=d.max_length,
+            prompt_tokens=d.prompt_tokens,
+        )
+
+    try:
+        main, dropped = examples(d.files)
+        if d.val_files or d.test_files:
+            train, val, test = split_examples(
+                main,
+                val_size=0 if d.val_files else d.val_size,
+                test_size=0 if d.test_files else d.test_size,
+                seed=cfg.train.seed,
+            )
+            if d.val_files:
+                val, more = examples(d.val_files)
+                dropped += more
+            if d.test_files:
+                test, more = examples(d.test_files)
+                dropped += more
+        else:
+            train, val, test = split_examples(
+                main, val_size=d.val_size, test_size=d.test_size, seed=cfg.train.seed
+            )
+    except LMDataError as err:
+        raise ConfigError(f"data: {err}") from None
+    if not val or not test:
+        raise ConfigError(
+            "data: the validation and test splits must not be empty (data.val_size, data.test_size)"
+        )
+    return train, val, test, dropped
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
 @torch.no_grad()
 def evaluate_lm(
-    distiller: CausalLMDistiller,
-    seqs: list[list[int]],
+    student: Any,
+    teacher: Any | None,
+    examples: list[Example],
     pad: int,
     device: torch.device,
+    *,
     batch: int = 16,
+    bins: int = 15,
     teacher_metrics: TokenMetrics | None = None,
 ) -> dict[str, float]:
-    """Student next-token metrics and teacher agreement over ``seqs``; the teacher's own
-    next-token metrics are accumulated into ``teacher_metrics`` when it is given."""
-    metrics = TokenMetrics()
-    distiller.eval()
-    for i in range(0, len(seqs), batch):
-        b = collate(seqs[i : i + batch], pad, device)
-        s = distiller.student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
-        t = distiller.teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+    """The student's next-token metrics over the target tokens of ``examples`` and its
+    agreement with ``teacher``; the teacher's own metrics go to ``teacher_metrics``."""
+    metrics = TokenMetrics(n_bins=bins)
+    was = student.training
+    student.eval()
+    for i in range(0, len(examples), batch):
+        b = collate(examples[i : i + batch], pad, device)
+        s = student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+        t = None
+        if teacher is not None:
+            t = teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
         metrics.update(s, b.input_ids[:, 1:], b.target_mask(), t)
-        if teacher_metrics is not None:
+        if teacher_metrics is not None and t is not None:
             teacher_metrics.update(t, b.input_ids[:, 1:], b.target_mask())
+    student.train(was)
     return metrics.compute()
 
 
 @torch.no_grad()
-def greedy(model: Any, prompts: torch.Tensor, max_new_tokens: int, pad: int) -> list[list[int]]:
+def greedy(
+    model: Any, examples: list[Example], max_new_tokens: int, pad: int, device: torch.device
+) -> list[list[int]]:
+    """Greedy continuations of the examples' prompts (token ids, without the prompt)."""
+    ids, mask = prompt_batch(examples, pad, device)
     out = model.generate(
-        input_ids=prompts,
-        attention_mask=torch.ones_like(prompts),
+        input_ids=ids,
+        attention_mask=mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=pad,
     )
-    return [row[prompts.shape[1] :].tolist() for row in out]
+    return [row[ids.shape[1] :].tolist() for row in out]
+
+
+def _strip_after_eos(seqs: list[list[int]], eos: int | None) -> list[list[int]]:
+    if eos is None:
+        return seqs
+    return [s[: s.index(eos)] if eos in s else s for s in seqs]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _micro_batches(
+    cfg: LLMConfig, built: Built, step: int, distiller: CausalLMDistiller, device: torch.device
+) -> list[LMBatch]:
+    tc = cfg.train
+    rng = random.Random(epoch_seed(tc.seed, step))
+    micro = []
+    for _ in range(tc.accumulation):
+        picked = [built.train[rng.randrange(len(built.train))] for _ in range(tc.micro_batch)]
+        if rng.random() < tc.on_policy_fraction:
+            ids, mask = prompt_batch(picked, built.pad, device)
+            micro.append(
+                sample_student(
+                    distiller.student,
+                    ids,
+                    mask,
+                    max_new_tokens=tc.max_new_tokens,
+                    temperature=tc.sample_temperature,
+                    pad_token_id=built.pad,
+                    eos_token_id=built.tokenizer.eos_token_id,
+                    generator_seed=rng.randrange(2**31),
+                )
+            )
+        else:
+            micro.append(collate(picked, built.pad, device))
+    return micro
 
 
 def run_llm_distill(
@@ -322,46 +416,48 @@ def run_llm_distill(
 ) -> dict[str, Any]:
     """Train and evaluate one LLM distillation config in ``run_dir``."""
     from bdkd.engine.build import resolve_device
+    from bdkd.llm.models import save_student
 
+    run_dir = Path(run_dir)
     marker = check_resumable(run_dir) if resume else None
     if not resume:
-        check_run_dir(run_dir, force=force, protect=protect)
+        check_run_dir(run_dir, force=force, kind="llm-distill", protect=protect)
+    check_inputs(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     teacher, student, tokenizer = build_models(cfg)
-    pad = _pad_id(tokenizer)
-    seqs = tokenize(read_corpus(cfg.data), tokenizer, cfg.data)
-    order = list(range(len(seqs)))
-    random.Random(cfg.train.seed).shuffle(order)
-    n_val, n_test = cfg.data.val_size, cfg.data.test_size
-    if len(seqs) <= n_val + n_test:
-        raise ConfigError(
-            f"data: {len(seqs)} usable texts cannot hold val_size {n_val} + test_size {n_test} and a train split"
-        )
-    test = [seqs[i] for i in order[:n_test]]
-    val = [seqs[i] for i in order[n_test : n_test + n_val]]
-    train = [seqs[i] for i in order[n_test + n_val :]]
+    train, val, test, dropped = build_data(cfg, tokenizer)
+    built = Built(teacher, student, tokenizer, train, val, test, dropped, _pad_id(tokenizer))
     t = cfg.objective
     distiller = CausalLMDistiller(
         student,
         teacher,
         objective=t.name,
         temperature=t.temperature,
+        distill_weight=t.distill_weight,
         ce_weight=t.ce_weight,
         chunk_size=cfg.train.chunk_size,
         **t.params,
     ).to(device)
-    optimizer = torch.optim.AdamW(
-        student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # one dry forward on two training texts, before the run directory is touched
+    with torch.no_grad():
+        terms = distiller(collate(train[:2], built.pad, device))
+    bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(
+            f"objective {t.name!r}: the loss {bad} is not finite on the first texts before any "
+            "training; check objective.params and objective.temperature"
+        )
     start, elapsed = 0, 0.0
     ckpt = run_dir / "checkpoints" / "last.pt"
     if resume:
         run_id = str(marker["run_id"])
         state = load_checkpoint(ckpt, map_location=device)
-        check_checkpoint_matches(state, _asdict(cfg), marker, ckpt)
+        check_checkpoint_matches(state, cfg.to_dict(), marker, ckpt)
         load_network_state(student, state["networks"]["student"], f"checkpoint {ckpt}")
         optimizer.load_state_dict(state["optimizers"]["student"])
         set_rng_state(state["rng"])
@@ -372,39 +468,45 @@ def run_llm_distill(
         run_id = create_run_dir(run_dir, force=force, kind="llm-distill", protect=protect)
         import yaml
 
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(_asdict(cfg), sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if dropped:
+        print(
+            f"llm-distill: {dropped} text(s) left nothing to learn within data.max_length "
+            f"{cfg.data.max_length} and were skipped",
+            file=sys.stderr,
+        )
     tc = cfg.train
+    board = open_tensorboard(run_dir)
     began = time.perf_counter() - elapsed
+    progress = Progress(tc.progress, tc.steps, "llm-distill")
     for step in range(start, tc.steps):
-        rng = random.Random(tc.seed * 1_000_003 + step)
         distiller.train()
-        micro = []
-        for _ in range(tc.accumulation):
-            picked = [train[rng.randrange(len(train))] for _ in range(tc.micro_batch)]
-            if rng.random() < tc.on_policy_fraction:
-                prompts = torch.tensor([s[: cfg.data.prompt_tokens] for s in picked], device=device)
-                micro.append(
-                    sample_student(
-                        student,
-                        prompts,
-                        torch.ones_like(prompts),
-                        max_new_tokens=tc.max_new_tokens,
-                        temperature=tc.sample_temperature,
-                        pad_token_id=pad,
-                        generator_seed=rng.randrange(2**31),
-                    )
-                )
-            else:
-                micro.append(collate(picked, pad, device))
+        micro = _micro_batches(cfg, built, step, distiller, device)
         terms = accumulate_step(distiller, micro, optimizer, grad_clip=tc.grad_clip)
+        bad = [k for k, v in terms.items() if not (v == v and abs(v) != float("inf"))]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1}/{tc.steps}: loss term(s) {bad} of the "
+                f"student are not finite; the last good checkpoint stays in {ckpt}; lower "
+                f"train.lr (now {tc.lr:g}) or set train.grad_clip"
+            )
+        if progress.due(step + 1):
+            progress.update(step + 1, terms)
+        if board is not None:
+            for k, v in terms.items():
+                board.add_scalar(f"train/{k}", v, step + 1)
         if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
+            progress.close()
             record = {
                 "step": step + 1,
                 "train": terms,
-                "val": evaluate_lm(distiller, val, pad, device),
+                "val": evaluate_lm(student, teacher, val, built.pad, device, batch=tc.eval_batch),
                 "seconds": time.perf_counter() - began,
             }
             append_jsonl(run_dir / "metrics.jsonl", record)
+            if board is not None:
+                for k, v in record["val"].items():
+                    board.add_scalar(f"val/{k}", v, step + 1)
             save_atomic(
                 {
                     "format": CHECKPOINT_FORMAT,
@@ -415,41 +517,99 @@ def run_llm_distill(
                     "optimizers": {"student": optimizer.state_dict()},
                     "rng": rng_state(),
                     "seconds": record["seconds"],
-                    "config": _asdict(cfg),
+                    "config": cfg.to_dict(),
                 },
                 ckpt,
             )
+            v = record["val"]
             print(
-                f"step {step + 1}/{tc.steps} {terms} val ppl {record['val']['perplexity']:.2f} ece {100 * record['val']['ece']:.2f}",
+                f"step {step + 1}/{tc.steps} val: perplexity {v['perplexity']:.2f}, "
+                f"token ECE {100 * v['ece']:.2f} %, agreement {100 * v['teacher_top1_agreement']:.1f} %",
                 file=sys.stderr,
                 flush=True,
             )
+    summary = finish(cfg, built, run_dir, device, began)
+    if cfg.output.save_student:
+        save_student(student, tokenizer, run_dir / "student")
+        summary["student_dir"] = str(run_dir / "student")
+        write_json(run_dir / "summary.json", summary)
+    if board is not None:
+        board.close()
+    return summary
+
+
+def finish(
+    cfg: LLMConfig, built: Built, run_dir: Path, device: torch.device, began: float
+) -> dict[str, Any]:
+    """Test metrics of student and teacher, ROUGE-L, summary.json and report.md."""
+    tc, t = cfg.train, cfg.objective
+    student, teacher = built.student, built.teacher
     teacher_metrics = TokenMetrics()
-    results = evaluate_lm(distiller, test, pad, device, teacher_metrics=teacher_metrics)
+    results = evaluate_lm(
+        student,
+        teacher,
+        built.test,
+        built.pad,
+        device,
+        batch=tc.eval_batch,
+        teacher_metrics=teacher_metrics,
+    )
     teacher_results = teacher_metrics.compute()
-    prompts = torch.tensor([s[: cfg.data.prompt_tokens] for s in test], device=device)
-    s_gen = greedy(student, prompts, tc.max_new_tokens, pad)
-    t_gen = greedy(teacher, prompts, tc.max_new_tokens, pad)
-    refs = [s[cfg.data.prompt_tokens : cfg.data.prompt_tokens + tc.max_new_tokens] for s in test]
+    eos = built.tokenizer.eos_token_id
+    s_gen = _strip_after_eos(greedy(student, built.test, tc.max_new_tokens, built.pad, device), eos)
+    t_gen = _strip_after_eos(greedy(teacher, built.test, tc.max_new_tokens, built.pad, device), eos)
+    refs = _strip_after_eos([e.completion()[: tc.max_new_tokens] for e in built.test], eos)
     results["rouge_l_vs_teacher"] = mean_rouge_l(s_gen, t_gen)
     results["rouge_l_vs_reference"] = mean_rouge_l(s_gen, refs)
     teacher_results["rouge_l_vs_reference"] = mean_rouge_l(t_gen, refs)
+    from bdkd.llm.objectives import effective_objective
+
+    effective, _ = effective_objective(t.name, t.params)
     summary = {
         "objective": t.name,
+        "effective_objective": effective,
         "params": t.params,
-        "teacher": cfg.teacher.source,
+        "temperature": t.temperature,
+        "teacher": cfg.teacher.model,
         "student_parameters": sum(p.numel() for p in student.parameters()),
+        "trainable_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "steps": tc.steps,
         "seed": tc.seed,
+        "splits": {"train": len(built.train), "val": len(built.val), "test": len(built.test)},
+        "dropped_texts": built.dropped,
         "seconds": time.perf_counter() - began,
         "results": {"student": results, "teacher": teacher_results},
     }
     write_json(run_dir / "summary.json", summary)
+    write_text(run_dir / "report.md", lm_report(summary, f"{t.name} distillation"))
     return summary
 
 
-def _asdict(cfg: LLMConfig) -> dict[str, Any]:
-    import dataclasses
+REPORT_COLUMNS = (
+    ("perplexity", "perplexity", 1, ".2f"),
+    ("accuracy", "next-token top-1 %", 100, ".2f"),
+    ("ece", "token ECE %", 100, ".2f"),
+    ("nll", "NLL", 1, ".4f"),
+    ("brier", "Brier", 1, ".4f"),
+    ("teacher_top1_agreement", "agreement with teacher %", 100, ".2f"),
+    ("rouge_l_vs_reference", "ROUGE-L vs reference", 1, ".3f"),
+)
 
-    return dataclasses.asdict(cfg)
+
+def lm_report(summary: dict[str, Any], title: str) -> str:
+    """A markdown report of token-level metrics (student and teacher rows where present)."""
+    rows = summary["results"]
+    cols = [c for c in REPORT_COLUMNS if any(c[0] in r for r in rows.values())]
+    lines = [
+        f"# {title}",
+        "",
+        "| model | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, r in rows.items():
+        cells = [format(r[k] * s, f) if k in r else "–" for k, _, s, f in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    n = next(iter(rows.values())).get("tokens")
+    lines += ["", f"Over {int(n) if n else '?'} target tokens; ECE with 15 bins.", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,251 @@
+"""bdkd's token objectives inside the Hugging Face trainers.
+
+- :class:`DistillTrainer` is a ``transformers.Trainer`` for offline distillation: batches
+  with ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` where a token is not a
+  target, the usual convention of transformers' collators); the loss is any bdkd token
+  objective between the student and a frozen teacher, through the fused LM-head path (no
+  (tokens, vocabulary) logits), optionally plus the student's cross-entropy. The student
+  runs through its own ``forward`` (so DDP/FSDP wrappers see it), with
+  ``output_hidden_states=True`` and ``logits_to_keep=1``.
+- :func:`trl_distillation_trainer` returns a subclass of TRL's ``DistillationTrainer`` whose
+  loss is a bdkd objective instead of TRL's generalized JSD, keeping TRL's on-policy
+  generation, batching, logging and distributed setup.
+
+Both take ``objective`` (any of :data:`bdkd.llm.TOKEN_OBJECTIVES`), ``objective_params``
+(e.g. ``{"alpha": 0.5, "beta": 0.5}`` for ABKD) and a temperature. A PEFT/LoRA student works
+in both: only its adapter's parameters require gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bdkd.llm.distill import decoder_and_head, logit_postprocessing
+from bdkd.llm.fused import fused_linear_divergence, postprocess
+from bdkd.llm.objectives import token_rows
+
+
+def _check_objective(objective: str, params: Mapping[str, float] | None) -> dict[str, float]:
+    params = dict(params or {})
+    token_rows(objective, **params)  # a clear error now rather than at the first step
+    return params
+
+
+@torch.no_grad()
+def entropy_sum(
+    hidden: Tensor,
+    head: nn.Linear,
+    mask: Tensor,
+    *,
+    chunk_size: int = 1024,
+    post: tuple = (1.0, None),
+) -> Tensor:
+    """The sum over valid tokens of the entropy (nats) of ``softmax(head(hidden))``, chunked."""
+    h = hidden.reshape(-1, hidden.shape[-1])[mask.reshape(-1).bool()]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for i in range(0, h.shape[0], chunk_size):
+        z = postprocess(head(h[i : i + chunk_size]).float(), *post)
+        log_p = torch.log_softmax(z, dim=-1)
+        total += -(log_p.exp() * log_p).sum()
+    return total
+
+
+def _hidden_through_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The final hidden states (after the last norm) from the model's own forward."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    return out.hidden_states[-1]
+
+
+def _base_trainer() -> type:
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(
+            "the Trainer integration needs transformers: pip install 'bdkd[llm]'"
+        ) from None
+    return transformers.Trainer
+
+
+class DistillTrainer(_base_trainer()):  # type: ignore[misc]
+    """``transformers.Trainer`` that distils ``teacher_model`` into ``model`` with a bdkd
+    token objective. Logs the objective and the cross-entropy separately."""
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher_model: nn.Module,
+        objective: str = "bdkd",
+        objective_params: Mapping[str, float] | None = None,
+        temperature: float = 1.0,
+        distill_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        chunk_size: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.objective = objective
+        self.objective_params = _check_objective(objective, objective_params)
+        self.objective_temperature = temperature
+        self.distill_weight, self.ce_weight, self.chunk_size = distill_weight, ce_weight, chunk_size
+        self.teacher_model = teacher_model.to(self.args.device).eval()
+        self.teacher_model.requires_grad_(False)
+        self._terms: dict[str, list[float]] = {}
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        input_ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        labels = inputs.get("labels")
+        target = (labels[:, 1:] != -100) if labels is not None else attention[:, 1:].bool()
+        target = target & attention[:, 1:].bool()
+        s_hidden = _hidden_through_forward(model, input_ids, attention)[:, :-1]
+        unwrapped = self.accelerator.unwrap_model(model)
+        _, s_head = decoder_and_head(unwrapped)
+        t_decoder, t_head = decoder_and_head(self.teacher_model)
+        with torch.no_grad():
+            t_hidden = t_decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state[
+                :, :-1
+            ]
+        s_post, t_post = logit_postprocessing(unwrapped), logit_postprocessing(self.teacher_model)
+        normalizer = None
+        if num_items_in_batch is not None:
+            normalizer = float(num_items_in_batch)
+        distill = fused_linear_divergence(
+            s_hidden,
+            s_head.weight,
+            teacher_hidden=t_hidden,
+            teacher_weight=t_head.weight,
+            bias=s_head.bias,
+            teacher_bias=t_head.bias,
+            mask=target,
+            objective=self.objective,
+            temperature=self.objective_temperature,
+            reduction="sum" if normalizer is not None else "mean",
+            normalizer=normalizer,
+            chunk_size=self.chunk_size,
+            logit_scale=s_post[0],
+            logit_softcap=s_post[1],
+            teacher_logit_scale=t_post[0],
+            teacher_logit_softcap=t_post[1],
+            **self.objective_params,
+        )
+        loss = self.distill_weight * distill
+        terms = {self.objective: float(loss.detach())}
+        if self.ce_weight:
+            z = postprocess(s_head(s_hidden[target]).float(), *s_post)
+            ce = F.cross_entropy(z, input_ids[:, 1:][target], reduction="sum")
+            ce = ce / (normalizer if normalizer is not None else max(int(target.sum()), 1))
+            loss = loss + self.ce_weight * ce
+            terms["ce"] = float(self.ce_weight * ce.detach())
+        for k, v in terms.items():
+            self._terms.setdefault(k, []).append(v)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the mean of each loss term since the last log to the Trainer's logs."""
+        if self._terms and "loss" in logs:
+            for k, values in self._terms.items():
+                logs[f"loss/{k}"] = sum(values) / len(values)
+            self._terms = {}
+        super().log(logs, *args, **kwargs)
+
+
+def trl_distillation_trainer() -> type:
+    """A subclass of TRL's ``DistillationTrainer`` whose loss is a bdkd token objective.
+
+    Construct it like TRL's trainer, with the extra keyword arguments ``objective``
+    (default ``"bdkd"``), ``objective_params`` and ``objective_temperature`` (default: the
+    config's ``temperature``, which TRL uses for sampling and for its JSD). Generation
+    (on-policy completions of the dataset's prompts), batching, logging, PEFT and
+    distributed training are TRL's.
+    """
+    try:
+        from trl import DistillationTrainer
+    except ImportError:
+        raise ImportError("the TRL integration needs trl: pip install trl") from None
+
+    class BdkdDistillationTrainer(DistillationTrainer):
+        def __init__(
+            self,
+            *args: Any,
+            objective: str = "bdkd",
+            objective_params: Mapping[str, float] | None = None,
+            objective_temperature: float | None = None,
+            **kwargs: Any,
+        ) -> None:
+            self.objective = objective
+            self.objective_params = _check_objective(objective, objective_params)
+            super().__init__(*args, **kwargs)
+            self.objective_temperature = (
+                self.temperature if objective_temperature is None else objective_temperature
+            )
+
+        def _compute_loss(
+            self, unwrapped_student: nn.Module, inputs: dict[str, Tensor], num_items_in_batch: Any
+        ) -> tuple[Tensor, Tensor, Tensor]:
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            mask = inputs["completion_mask"]
+            if "tool_mask" in inputs:
+                mask = mask * inputs["tool_mask"]
+            keep = inputs["completion_ids"].size(1)
+            s_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention, keep)
+            self.teacher_model.eval()
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            with torch.no_grad():
+                t_hidden = self._forward_redirection(
+                    self.teacher_model,
+                    teacher,
+                    self._get_last_hidden_state,
+                    teacher,
+                    input_ids,
+                    attention,
+                    keep,
+                )
+            s_head = unwrapped_student.get_output_embeddings()
+            t_head = teacher.get_output_embeddings()
+            s_post, t_post = logit_postprocessing(unwrapped_student), logit_postprocessing(teacher)
+            valid = mask.bool()
+            n_valid = valid.sum()
+            normalizer = None
+            if num_items_in_batch is not None:
+                normalizer = float(num_items_in_batch)
+            loss = fused_linear_divergence(
+                s_hidden,
+                s_head.weight,
+                teacher_hidden=t_hidden.to(s_hidden.device),
+                teacher_weight=t_head.weight,
+                bias=s_head.bias,
+                teacher_bias=t_head.bias,
+                mask=valid,
+                objective=self.objective,
+                temperature=self.objective_temperature,
+                reduction="sum" if normalizer is not None else "mean",
+                normalizer=normalizer,
+                logit_scale=s_post[0],
+                logit_softcap=s_post[1],
+                teacher_logit_scale=t_post[0],
+                teacher_logit_softcap=t_post[1],
+                **self.objective_params,
+            )
+            entropy = entropy_sum(s_hidden.detach(), s_head, valid, post=s_post)
+            return loss, entropy, n_valid
+
+    return BdkdDistillationTrainer
