@@ -130,7 +130,7 @@ def test_bdkd_terms_and_teacher_divergence_option():
 
     s, t = out.logits["student"], out.logits["teacher"]
     torch.testing.assert_close(out.losses["teacher"]["reverse_kl"], forward_kl(t, s.detach()))
-    alt = create_distiller("bdkd", networks(), teacher_divergence="reverse", temperature=2.0)
+    alt = create_distiller("bdkd", networks(), teacher_divergence="forward_kl", temperature=2.0)
     out = alt(x, y)
     s, t = out.logits["student"], out.logits["teacher"]
     torch.testing.assert_close(

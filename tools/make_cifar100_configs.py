@@ -27,6 +27,7 @@ OFFLINE = {
     # the reference's loss weight (CE + 64 D_AB), METHODS.md section 7
     "abkd": "{name: abkd, alpha: 0.8, beta: 0.3, temperature: 4.0, distill_weight: 64.0}",
     "dist": "{name: dist, beta: 1.0, gamma: 1.0, temperature: 4.0}",
+    "bdkd_student": "{name: bdkd_student, temperature: 1.0, rule: hard, high: 3.0, low: 1.0}",
 }
 ONLINE = {
     "dml": "{name: dml, temperature: 1.0}",
@@ -75,7 +76,7 @@ def main() -> None:
                 "BETA", "6.0" if (teacher, student) == ("wrn_40_2", "wrn_16_2") else "8.0"
             )
             (pair / f"{method}.yaml").write_text(
-                f"# Offline {method.upper()}: {teacher} (train teachers/{teacher}.yaml first) -> {student}.\n"
+                f"# Offline {method.upper().replace('_STUDENT', ' student term')}: {teacher} (train teachers/{teacher}.yaml first) -> {student}.\n"
                 f"base: ../base.yaml\nmethod: {spec}\nnetworks:\n"
                 f"  teacher: {{model: {teacher}, checkpoint: runs/cifar100-teacher-{teacher}}}\n"
                 f"  student: {{model: {student}}}\noutput: {{name: cifar100-{teacher}-{student}-{method}}}\n"

@@ -184,7 +184,7 @@ def ablations(chosen: dict) -> dict[str, dict]:
         "teacher_reverse": {
             "label": "BD-KD, teacher term KL(p‖q) instead of KL(q‖p)",
             "kind": "online",
-            "spec": {**chosen, "teacher_divergence": "reverse"},
+            "spec": {**chosen, "teacher_divergence": "forward_kl"},
         },
         "dml_same_t": {
             "label": f"DML at BD-KD's temperature (T = {t:g})",
@@ -196,7 +196,7 @@ def ablations(chosen: dict) -> dict[str, dict]:
             "kind": "offline",
             "spec": {
                 "name": "offline",
-                "objective": "bdkd",
+                "objective": "bdkd_student",
                 "objective_kwargs": {
                     "temperature": t,
                     "rule": chosen.get("rule", "hard"),

@@ -1,4 +1,4 @@
-"""Calibration metrics, a streaming accumulator, temperature scaling, reliability diagrams.
+"""Calibration metrics, a streaming accumulator, temperature scaling, per-bin statistics.
 
 Definitions (METHODS.md section 5), with ``conf_i = max_k q_ik`` and ``M`` bins:
 
@@ -19,16 +19,12 @@ accumulated in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-
-from bdkd.files import UnreadableFile, atomic_path, safe_torch_load
 
 __all__ = [
     "CalibrationAccumulator",
@@ -43,7 +39,8 @@ __all__ = [
     "fit_temperature",
     "mce",
     "nll",
-    "reliability_diagram",
+    "reliability_bins",
+    "split_for_fitting",
 ]
 
 ArrayLike = Any  # torch.Tensor | numpy.ndarray | nested sequence
@@ -253,8 +250,14 @@ class CalibrationAccumulator:
         self._conf: list[Tensor] = []
         self._correct: list[Tensor] = []
 
-    def update(self, logits: ArrayLike, labels: ArrayLike) -> None:
-        """Add one batch of logits (N, C) and labels (N,)."""
+    def update(self, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> None:
+        """Add one batch of logits (N, C) and labels (N,); with ``mask`` (N,) bool, only the
+        rows where it is True."""
+        if mask is not None:
+            keep = _as_tensor(mask, "mask").bool()
+            logits, labels = _as_tensor(logits, "logits")[keep], _as_tensor(labels, "labels")[keep]
+            if logits.shape[0] == 0:
+                return
         z = _check_scores(logits, "logits")
         if z.shape[1] != self.num_classes:
             raise ValueError(
@@ -394,156 +397,69 @@ def apply_temperature(logits: ArrayLike, temperature: float) -> Tensor:
     return _check_scores(logits, "logits").double() / temperature
 
 
-# --------------------------------------------------------------------------- reliability diagram
+# --------------------------------------------------------------------------- per-bin statistics
 
 
-def reliability_diagram(
-    models: Mapping[str, tuple[ArrayLike, ArrayLike]],
-    path: str | Path,
-    *,
-    n_bins: int = 15,
-    title: str | None = None,
-) -> Path:
-    """Write a reliability diagram PNG: one column per model, side by side.
+@dataclass
+class ReliabilityBins:
+    """Per-bin statistics of top-label confidence (what a reliability diagram draws)."""
 
-    ``models`` maps a name to ``(probs, labels)``. Top: per-bin accuracy against confidence
-    (bars), the gap to the diagonal (hatched), ECE in the title. Bottom: the confidence
-    histogram with the mean confidence and accuracy marked. Returns the path written.
-    """
-    import matplotlib
+    count: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    ece: float
+    mean_confidence: float
+    mean_accuracy: float
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    if not models:
-        raise ValueError("reliability_diagram needs at least one model")
-    _check_bins(n_bins)
-    path = Path(path)
-    k = len(models)
-    fig, axes = plt.subplots(
-        2, k, figsize=(3.6 * k, 5.4), squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]}
+def reliability_bins(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> ReliabilityBins:
+    """Count, accuracy and mean confidence of each of ``n_bins`` equal-width confidence bins
+    (empty bins: accuracy 0, confidence the bin's centre), with the ECE over them."""
+    p, y = _check_probs(probs, labels)
+    n_bins = _check_bins(n_bins)
+    conf, correct = _confidence(p, y)
+    sums = binned_sums(conf, correct, n_bins).numpy()
+    count = sums[:, 0]
+    centers = (np.arange(n_bins) + 0.5) / n_bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, sums[:, 2] / count, 0.0)
+        mean_conf = np.where(count > 0, sums[:, 1] / count, centers)
+    return ReliabilityBins(
+        count=count,
+        accuracy=acc,
+        confidence=mean_conf,
+        ece=ece_from_sums(torch.from_numpy(sums), p.shape[0]),
+        mean_confidence=float(conf.double().mean()),
+        mean_accuracy=float(correct.double().mean()),
     )
-    width = 1.0 / n_bins
-    centers = (np.arange(n_bins) + 0.5) * width
-    for col, (name, (probs, labels)) in enumerate(models.items()):
-        p, y = _check_probs(probs, labels)
-        conf, correct = _confidence(p, y)
-        sums = binned_sums(conf, correct, n_bins).numpy()
-        count = sums[:, 0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = np.where(count > 0, sums[:, 2] / count, 0.0)
-            mean_conf = np.where(count > 0, sums[:, 1] / count, centers)
-        top, bottom = axes[0, col], axes[1, col]
-        nonempty = count > 0
-        top.bar(
-            centers[nonempty],
-            acc[nonempty],
-            width=width,
-            color="#3b75af",
-            edgecolor="black",
-            linewidth=0.5,
-            label="accuracy",
-        )
-        top.bar(
-            centers[nonempty],
-            (mean_conf - acc)[nonempty],
-            bottom=acc[nonempty],
-            width=width,
-            color="#e6554d",
-            alpha=0.35,
-            hatch="//",
-            edgecolor="#b8322a",
-            linewidth=0.5,
-            label="gap",
-        )
-        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
-        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if col == 0 else None)
-        value = ece_from_sums(torch.from_numpy(sums), p.shape[0])
-        top.set_title(f"{name}\nECE {100 * value:.2f}% ({n_bins} bins)", fontsize=10)
-        top.legend(loc="upper left", fontsize=8)
-        bottom.bar(
-            centers,
-            count / count.sum(),
-            width=width,
-            color="#7f7f7f",
-            edgecolor="black",
-            linewidth=0.5,
-        )
-        bottom.axvline(
-            float(conf.mean()), color="#e6554d", linestyle="--", linewidth=1, label="avg conf"
-        )
-        bottom.axvline(
-            float(correct.double().mean()),
-            color="#3b75af",
-            linestyle="-",
-            linewidth=1,
-            label="accuracy",
-        )
-        bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="fraction" if col == 0 else None)
-        bottom.legend(loc="upper left", fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
 
 
-# --------------------------------------------------------------------------- saved logits
+def split_for_fitting(
+    logits: ArrayLike, labels: ArrayLike, *, fraction: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A random ``fraction`` of the samples to fit a temperature on and the rest to report
+    on: ``(fit_logits, fit_labels, report_logits, report_labels)``, drawn by ``seed``."""
+    z = _check_scores(logits, "logits")
+    y = _check_labels(labels, z.shape[0], z.shape[1])
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the fitting fraction must be in (0, 1), got {fraction}")
+    n = z.shape[0]
+    cut = int(round(n * fraction))
+    if cut < 1 or cut >= n:
+        raise ValueError(f"{n} samples cannot be split with a fitting fraction of {fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return z[order[:cut]], y[order[:cut]], z[order[cut:]], y[order[cut:]]
 
-LOGIT_KEYS = ("logits", "labels")
 
+def __getattr__(name: str) -> object:
+    """``reliability_diagram`` moved to :mod:`bdkd.report` and ``load_logits`` to
+    :mod:`bdkd.files`; both stay importable from here."""
+    if name == "reliability_diagram":
+        from bdkd.report import reliability_diagram
 
-def load_logits(path: str | Path) -> dict[str, Tensor]:
-    """Read saved logits: a ``.npz`` or ``.pt`` file holding ``logits`` (N, C) and
-    ``labels`` (N,), optionally ``val_logits`` and ``val_labels`` for fitting a temperature."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file (expected a .npz or .pt with 'logits' and 'labels')"
-        )
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: torch.from_numpy(np.array(data[k])) for k in data.files}
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{path}: not a readable .npz file ({err})") from None
-    elif path.suffix in (".pt", ".pth"):
-        try:
-            data = safe_torch_load(path)
-        except UnreadableFile as err:
-            raise ValueError(f"not a readable torch file: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{path}: expected a dict with 'logits' and 'labels', got {type(data).__name__}"
-            )
-        arrays = {k: torch.as_tensor(v) for k, v in data.items()}
-    else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .pt")
-    missing = [k for k in LOGIT_KEYS if k not in arrays]
-    if missing:
-        raise ValueError(f"{path}: missing {missing}; found keys {sorted(arrays)}")
-    if ("val_logits" in arrays) != ("val_labels" in arrays):
-        raise ValueError(f"{path}: 'val_logits' and 'val_labels' must be given together")
-    for logits_key, labels_key in (("logits", "labels"), ("val_logits", "val_labels")):
-        if logits_key not in arrays:
-            continue
-        z, y = arrays[logits_key], arrays[labels_key]
-        if z.dim() != 2 or y.dim() != 1:
-            raise ValueError(
-                f"{path}: {logits_key!r} must be (N, C) and {labels_key!r} (N,), got "
-                f"{tuple(z.shape)} and {tuple(y.shape)}"
-            )
-        if z.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"{path}: {z.shape[0]} rows of {logits_key!r} but {y.shape[0]} {labels_key!r}"
-            )
-    if "val_logits" in arrays and arrays["val_logits"].shape[1] != arrays["logits"].shape[1]:
-        raise ValueError(
-            f"{path}: 'val_logits' has {arrays['val_logits'].shape[1]} classes, 'logits' "
-            f"{arrays['logits'].shape[1]}"
-        )
-    return arrays
+        return reliability_diagram
+    if name == "load_logits":
+        from bdkd.files import load_logits
+
+        return load_logits
+    raise AttributeError(f"module 'bdkd.calibration' has no attribute {name!r}")

@@ -10,72 +10,19 @@ from pathlib import Path
 import bdkd
 
 
-def _divergence_table() -> str:
-    """A table of every divergence for a few example teacher/student logit pairs."""
-    import torch
-
-    from bdkd import divergences as D
-
-    teacher = torch.tensor([[4.0, 1.0, 0.0, -1.0, -2.0]])
-    students = {
-        "same as teacher": teacher.clone(),
-        "over-confident": torch.tensor([[9.0, 1.0, 0.0, -1.0, -2.0]]),
-        "under-confident": torch.tensor([[1.0, 0.5, 0.0, -0.5, -1.0]]),
-        "wrong class": torch.tensor([[0.0, 4.0, 1.0, -1.0, -2.0]]),
-    }
-    columns = {
-        "FKL": D.forward_kl,
-        "RKL": D.reverse_kl,
-        "JSD": D.js_divergence,
-        "SFKL": D.skew_forward_kl,
-        "SRKL": D.skew_reverse_kl,
-        "TV": D.total_variation,
-        "AB(.8,.3)": lambda s, t: D.ab_divergence(s, t, alpha=0.8, beta=0.3),
-        "H(q)": lambda s, t: D.entropy(s),
-    }
-    head = f"| {'student vs teacher':<18} | " + " | ".join(f"{c:>9}" for c in columns) + " |"
-    rule = "|" + "-" * 20 + "|" + "|".join("-" * 11 for _ in columns) + "|"
-    lines = [head, rule]
-    for name, student in students.items():
-        cells = " | ".join(f"{fn(student, teacher).item():>9.4f}" for fn in columns.values())
-        lines.append(f"| {name:<18} | {cells} |")
-    return "\n".join(lines)
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bdkd.demo import run_demo
 
     if args.divergences:
+        from bdkd.demo import divergence_table
+
         print("Divergences between a teacher's and a student's predictions (temperature 1):")
-        print(_divergence_table())
+        print(divergence_table())
         return 0
     run_demo(
         args.out, allow_install=not args.no_install, force=args.force, overrides=args.overrides
     )
     return 0
-
-
-METRIC_COLUMNS = (
-    ("accuracy", "acc %", 100),
-    ("ece", "ECE %", 100),
-    ("adaptive_ece", "AdaECE %", 100),
-    ("classwise_ece", "cwECE %", 100),
-    ("mce", "MCE %", 100),
-    ("nll", "NLL", 1),
-    ("brier", "Brier", 1),
-)
-
-
-def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
-    """A markdown table with one row per entry of ``rows`` and the calibration columns."""
-    width = max(len(name) for name in rows)
-    head = f"| {'':<{width}} | " + " | ".join(f"{c:>8}" for _, c, _ in METRIC_COLUMNS) + " |"
-    rule = "|" + "-" * (width + 2) + "|" + "|".join("-" * 10 for _ in METRIC_COLUMNS) + "|"
-    lines = [head, rule]
-    for name, metrics in rows.items():
-        cells = " | ".join(f"{metrics[k] * scale:>8.3f}" for k, _, scale in METRIC_COLUMNS)
-        lines.append(f"| {name:<{width}} | {cells} |")
-    return "\n".join(lines)
 
 
 def _check_bins(bins: int) -> None:
@@ -96,17 +43,22 @@ def _check_figure(path: str | None, force: bool, flag: str) -> None:
     check_new_file(path, force=force, what=flag)
 
 
+CALIBRATE_KEYS = ("accuracy", "ece", "adaptive_ece", "classwise_ece", "mce", "nll", "brier")
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from bdkd import calibration as cal
+    from bdkd.files import load_logits
+    from bdkd.report import markdown_table, reliability_diagram
 
     _check_bins(args.bins)
     _check_figure(args.diagram, args.force, "--diagram")
-    data = cal.load_logits(args.file)
+    data = load_logits(args.file)
     logits, labels = data["logits"], data["labels"]
     if args.val is not None:
-        val = cal.load_logits(args.val)
+        val = load_logits(args.val)
         fit_logits, fit_labels = val["logits"], val["labels"]
         if fit_logits.shape[1] != logits.shape[1]:
             raise ValueError(
@@ -117,18 +69,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         fit_logits, fit_labels = data["val_logits"], data["val_labels"]
         source = "fitted on the file's val_logits/val_labels"
     else:
-        if not 0.0 < args.fit_fraction < 1.0:
-            raise ValueError(f"--fit-fraction must be in (0, 1), got {args.fit_fraction}")
         n = logits.shape[0]
-        cut = int(round(n * args.fit_fraction))
-        if cut < 1 or cut >= n:
-            raise ValueError(f"{n} samples cannot be split with --fit-fraction {args.fit_fraction}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
-        fit_logits, fit_labels = logits[order[:cut]], labels[order[:cut]]
-        logits, labels = logits[order[cut:]], labels[order[cut:]]
+        fit_logits, fit_labels, logits, labels = cal.split_for_fitting(
+            logits, labels, fraction=args.fit_fraction, seed=args.seed
+        )
         source = (
-            f"no validation logits given: fitted on a random {cut} of {n} samples (seed "
-            f"{args.seed}); metrics on the other {n - cut}"
+            f"no validation logits given: fitted on a random {fit_logits.shape[0]} of {n} "
+            f"samples (seed {args.seed}); metrics on the other {logits.shape[0]}"
         )
     temperature = cal.fit_temperature(fit_logits, fit_labels)
     before = cal.calibration_metrics(logits, labels, n_bins=args.bins)
@@ -136,9 +83,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     after = cal.calibration_metrics(scaled, labels, n_bins=args.bins)
     print(f"{args.file}: {logits.shape[0]} samples, {logits.shape[1]} classes, {args.bins} bins")
     print(f"temperature T = {temperature:.4f} ({source})")
-    print(format_metrics_table({"before": before, f"after TS (T={temperature:.3f})": after}))
+    print(
+        markdown_table(
+            {"before": before, f"after TS (T={temperature:.3f})": after},
+            first="logits",
+            keys=CALIBRATE_KEYS,
+        )
+    )
     if args.diagram:
-        path = cal.reliability_diagram(
+        path = reliability_diagram(
             {
                 "before": (torch.softmax(logits.double(), 1), labels),
                 f"after TS (T={temperature:.2f})": (torch.softmax(scaled, 1), labels),

@@ -25,6 +25,38 @@ STUDENT_METHODS = ("scratch", "kd", "dml", "bdkd")
 LABELS = {"scratch": "student from scratch", "kd": "KD", "dml": "DML", "bdkd": "BD-KD"}
 
 
+def divergence_table() -> str:
+    """A table of every divergence for a few example teacher/student logit pairs."""
+    import torch
+
+    from bdkd import divergences as D
+
+    teacher = torch.tensor([[4.0, 1.0, 0.0, -1.0, -2.0]])
+    students = {
+        "same as teacher": teacher.clone(),
+        "over-confident": torch.tensor([[9.0, 1.0, 0.0, -1.0, -2.0]]),
+        "under-confident": torch.tensor([[1.0, 0.5, 0.0, -0.5, -1.0]]),
+        "wrong class": torch.tensor([[0.0, 4.0, 1.0, -1.0, -2.0]]),
+    }
+    columns = {
+        "FKL": D.forward_kl,
+        "RKL": D.reverse_kl,
+        "JSD": D.js_divergence,
+        "SFKL": D.skew_forward_kl,
+        "SRKL": D.skew_reverse_kl,
+        "TV": D.total_variation,
+        "AB(.8,.3)": lambda s, t: D.ab_divergence(s, t, alpha=0.8, beta=0.3),
+        "H(q)": lambda s, t: D.entropy(s),
+    }
+    head = f"| {'student vs teacher':<18} | " + " | ".join(f"{c:>9}" for c in columns) + " |"
+    rule = "|" + "-" * 20 + "|" + "|".join("-" * 11 for _ in columns) + "|"
+    lines = [head, rule]
+    for name, student in students.items():
+        cells = " | ".join(f"{fn(student, teacher).item():>9.4f}" for fn in columns.values())
+        lines.append(f"| {name:<18} | {cells} |")
+    return "\n".join(lines)
+
+
 def fashion_mnist_present(root: str = FASHION_ROOT) -> bool:
     """Whether the four Fashion-MNIST IDX files are where the Debian package puts them."""
     stems = [

@@ -24,12 +24,13 @@ same, and the extra peak memory of forward + backward is O(chunk_size x C) inste
 O(rows x C) (see :class:`_ChunkedRows`). The chunked path supports one backward pass
 (no double backward).
 
-Formulas and sources: ../shared/METHODS.md section 1 (Cichocki et al. 2011 for the
-alpha-beta divergence; Ko et al. 2024, DistiLLM, for the skew KLs).
+Formulas and sources: docs/divergences.md (Cichocki et al. 2011 for the alpha-beta
+divergence; Ko et al. 2024, DistiLLM, for the skew KLs).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,7 @@ from torch import Tensor
 
 __all__ = [
     "REDUCTIONS",
+    "ROW_FUNCTIONS",
     "apply_rows",
     "kl_rows",
     "pairwise_rows",
@@ -327,6 +329,55 @@ def apply_rows(
 # --------------------------------------------------------------------------- row functions
 
 
+def _tv_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def _skew_forward(skew: float = 0.1) -> RowFn:
+    _check_unit_interval("skew", skew)
+    return lambda log_q, log_p: kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
+
+
+def _skew_reverse(skew: float = 0.1) -> RowFn:
+    _check_unit_interval("skew", skew)
+    return lambda log_q, log_p: kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
+
+
+def _js(beta: float = 0.5) -> RowFn:
+    _check_unit_interval("beta", beta)
+
+    def js_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
+        log_m = _log_mix(log_p, log_q, beta)
+        value = _graph_anchor(log_q) + _graph_anchor(log_p)
+        if beta > 0.0:
+            value = value + beta * kl_rows(log_p, log_m)
+        if beta < 1.0:
+            value = value + (1.0 - beta) * kl_rows(log_q, log_m)
+        return value
+
+    return js_rows
+
+
+def _ab(alpha: float, beta: float) -> RowFn:
+    for key, value in (("alpha", alpha), ("beta", beta)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+    a, b = float(alpha), float(beta)
+    return lambda log_q, log_p: _ab_rows(log_q, log_p, a, b)
+
+
+ROW_FUNCTIONS: dict[str, Callable[..., RowFn]] = {
+    "forward_kl": lambda: lambda log_q, log_p: kl_rows(log_p, log_q),
+    "reverse_kl": lambda: kl_rows,
+    "js_divergence": _js,
+    "skew_forward_kl": _skew_forward,
+    "skew_reverse_kl": _skew_reverse,
+    "total_variation": lambda: _tv_rows,
+    "ab_divergence": _ab,
+}
+"""Each divergence's builder: hyper-parameters in, per-row function ``(log_q, log_p)`` out."""
+
+
 def pairwise_rows(name: str, **params: float) -> RowFn:
     """The per-row function ``(log_q, log_p) -> values`` of a divergence, by name.
 
@@ -336,56 +387,38 @@ def pairwise_rows(name: str, **params: float) -> RowFn:
     ``log_p`` the teacher's, both (N, C). Used by the public functions below and by fused
     paths that form logits chunk by chunk (:mod:`bdkd.llm`).
     """
-    allowed = {
-        "forward_kl": set(),
-        "reverse_kl": set(),
-        "js_divergence": {"beta"},
-        "skew_forward_kl": {"skew"},
-        "skew_reverse_kl": {"skew"},
-        "total_variation": set(),
-        "ab_divergence": {"alpha", "beta"},
-    }
-    if name not in allowed:
-        raise ValueError(f"unknown divergence {name!r}; known: {sorted(allowed)}")
-    unknown = sorted(set(params) - allowed[name])
+    if name not in ROW_FUNCTIONS:
+        raise ValueError(f"unknown divergence {name!r}; known: {sorted(ROW_FUNCTIONS)}")
+    builder = ROW_FUNCTIONS[name]
+    allowed = sorted(inspect.signature(builder).parameters)
+    unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"divergence {name!r} takes {sorted(allowed[name])}, got {unknown}")
-    if name == "forward_kl":
-        return lambda log_q, log_p: kl_rows(log_p, log_q)
-    if name == "reverse_kl":
-        return kl_rows
-    if name == "total_variation":
-        return lambda log_q, log_p: 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
-    if name in ("skew_forward_kl", "skew_reverse_kl"):
-        skew = float(params.get("skew", 0.1))
-        _check_unit_interval("skew", skew)
-        if name == "skew_forward_kl":
-            return lambda log_q, log_p: (
-                kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
-            )
-        return lambda log_q, log_p: (
-            kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
-        )
-    if name == "js_divergence":
-        beta = float(params.get("beta", 0.5))
-        _check_unit_interval("beta", beta)
+        raise ValueError(f"divergence {name!r} takes {allowed}, got {unknown}")
+    try:
+        return builder(**params)
+    except TypeError:
+        missing = sorted(set(allowed) - set(params))
+        raise ValueError(f"divergence {name!r} needs {missing}") from None
 
-        def js_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
-            log_m = _log_mix(log_p, log_q, beta)
-            value = _graph_anchor(log_q) + _graph_anchor(log_p)
-            if beta > 0.0:
-                value = value + beta * kl_rows(log_p, log_m)
-            if beta < 1.0:
-                value = value + (1.0 - beta) * kl_rows(log_q, log_m)
-            return value
 
-        return js_rows
-    for key in ("alpha", "beta"):
-        value = params.get(key)
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ValueError(f"{key} must be a finite number, got {value!r}")
-    a, b = float(params["alpha"]), float(params["beta"])
-    return lambda log_q, log_p: _ab_rows(log_q, log_p, a, b)
+def _divergence(
+    name: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    reduction: str,
+    mask: Tensor | None,
+    chunk_size: int | None,
+    **params: float,
+) -> Tensor:
+    return apply_rows(
+        pairwise_rows(name, **params),
+        (student_logits, teacher_logits),
+        temperature=temperature,
+        reduction=reduction,
+        mask=mask,
+        chunk_size=chunk_size,
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -401,14 +434,7 @@ def forward_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Forward KL, ``KL(p || q) = sum p (log p - log q)``: mass-covering; the classic KD term."""
-    return apply_rows(
-        pairwise_rows("forward_kl"),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("forward_kl", **locals())
 
 
 def reverse_kl(
@@ -421,14 +447,7 @@ def reverse_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Reverse KL, ``KL(q || p) = sum q (log q - log p)``: mode-seeking."""
-    return apply_rows(
-        pairwise_rows("reverse_kl"),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("reverse_kl", **locals())
 
 
 def js_divergence(
@@ -446,14 +465,7 @@ def js_divergence(
     ``beta KL(p || m) + (1 - beta) KL(q || m)`` with ``m = beta p + (1 - beta) q``;
     ``beta = 0.5`` is the usual (symmetric) JSD, and it is exactly 0 at ``beta`` 0 and 1.
     """
-    return apply_rows(
-        pairwise_rows("js_divergence", beta=beta),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("js_divergence", **locals())
 
 
 def skew_forward_kl(
@@ -467,14 +479,7 @@ def skew_forward_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Skew forward KL (DistiLLM), ``KL(p || skew p + (1 - skew) q)``; skew=0 is forward KL."""
-    return apply_rows(
-        pairwise_rows("skew_forward_kl", skew=skew),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("skew_forward_kl", **locals())
 
 
 def skew_reverse_kl(
@@ -488,14 +493,7 @@ def skew_reverse_kl(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Skew reverse KL (DistiLLM), ``KL(q || skew q + (1 - skew) p)``; skew=0 is reverse KL."""
-    return apply_rows(
-        pairwise_rows("skew_reverse_kl", skew=skew),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("skew_reverse_kl", **locals())
 
 
 def total_variation(
@@ -508,14 +506,7 @@ def total_variation(
     chunk_size: int | None = None,
 ) -> Tensor:
     """Total variation distance, ``1/2 sum |p - q|``."""
-    return apply_rows(
-        pairwise_rows("total_variation"),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("total_variation", **locals())
 
 
 def ab_divergence(
@@ -540,14 +531,7 @@ def ab_divergence(
     gradient. Close to a limit (``|beta|`` ~ 1e-3) the general formula loses relative
     precision in float32 through cancellation; pass float64 logits when that matters.
     """
-    return apply_rows(
-        pairwise_rows("ab_divergence", alpha=alpha, beta=beta),
-        (student_logits, teacher_logits),
-        temperature=temperature,
-        reduction=reduction,
-        mask=mask,
-        chunk_size=chunk_size,
-    )
+    return _divergence("ab_divergence", **locals())
 
 
 def entropy(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -181,3 +182,58 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UnreadableFile(
             f"{path} is corrupt or truncated ({type(err).__name__}: {first}); it was left untouched"
         ) from None
+
+
+LOGIT_KEYS = ("logits", "labels")
+
+
+def load_logits(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read saved logits: a ``.npz`` or ``.pt`` file holding ``logits`` (N, C) and
+    ``labels`` (N,), optionally ``val_logits`` and ``val_labels`` for fitting a temperature."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such file (expected a .npz or .pt with 'logits' and 'labels')"
+        )
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: torch.from_numpy(np.array(data[k])) for k in data.files}
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+    elif path.suffix in (".pt", ".pth"):
+        try:
+            data = safe_torch_load(path)
+        except UnreadableFile as err:
+            raise ValueError(f"not a readable torch file: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: expected a dict with 'logits' and 'labels', got {type(data).__name__}"
+            )
+        arrays = {k: torch.as_tensor(v) for k, v in data.items()}
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .pt")
+    missing = [k for k in LOGIT_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing {missing}; found keys {sorted(arrays)}")
+    if ("val_logits" in arrays) != ("val_labels" in arrays):
+        raise ValueError(f"{path}: 'val_logits' and 'val_labels' must be given together")
+    for logits_key, labels_key in (("logits", "labels"), ("val_logits", "val_labels")):
+        if logits_key not in arrays:
+            continue
+        z, y = arrays[logits_key], arrays[labels_key]
+        if z.dim() != 2 or y.dim() != 1:
+            raise ValueError(
+                f"{path}: {logits_key!r} must be (N, C) and {labels_key!r} (N,), got "
+                f"{tuple(z.shape)} and {tuple(y.shape)}"
+            )
+        if z.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{path}: {z.shape[0]} rows of {logits_key!r} but {y.shape[0]} {labels_key!r}"
+            )
+    if "val_logits" in arrays and arrays["val_logits"].shape[1] != arrays["logits"].shape[1]:
+        raise ValueError(
+            f"{path}: 'val_logits' has {arrays['val_logits'].shape[1]} classes, 'logits' "
+            f"{arrays['logits'].shape[1]}"
+        )
+    return arrays

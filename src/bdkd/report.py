@@ -1,4 +1,4 @@
-"""Run reports: markdown tables, reliability figures, saved predictions, run comparison."""
+"""Run reports: markdown tables, reliability diagrams, saved predictions, run comparison."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 
 from bdkd import calibration as cal
-from bdkd.files import atomic_path, write_text
+from bdkd.files import atomic_path, load_logits, write_text
 
 COLUMNS = (
     ("accuracy", "top-1 %", 100, ".2f"),
     ("ece", "ECE %", 100, ".2f"),
     ("adaptive_ece", "AdaECE %", 100, ".2f"),
     ("classwise_ece", "cwECE %", 100, ".3f"),
+    ("mce", "MCE %", 100, ".2f"),
     ("nll", "NLL", 1, ".4f"),
     ("brier", "Brier", 1, ".4f"),
     ("ece_after_ts", "ECE after TS %", 100, ".2f"),
@@ -26,9 +27,115 @@ COLUMNS = (
 )
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, float]], first: str = "network") -> str:
-    """One row per entry; the metric columns that any row has."""
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
+def reliability_diagram(
+    models: Mapping[str, tuple[Any, Any]],
+    path: str | Path,
+    *,
+    n_bins: int = 15,
+    title: str | None = None,
+) -> Path:
+    """Write a reliability diagram PNG: one column per model, side by side.
+
+    ``models`` maps a name to ``(probs, labels)``. Top: per-bin accuracy against confidence
+    (bars), the gap to the diagonal (hatched), ECE in the title. Bottom: the confidence
+    histogram with the mean confidence and accuracy marked. Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not models:
+        raise ValueError("reliability_diagram needs at least one model")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    path = Path(path)
+    k = len(models)
+    fig, axes = plt.subplots(
+        2, k, figsize=(3.6 * k, 5.4), squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]}
+    )
+    width = 1.0 / n_bins
+    centers = (np.arange(n_bins) + 0.5) * width
+    for col, (name, (probs, labels)) in enumerate(models.items()):
+        bins = cal.reliability_bins(probs, labels, n_bins=n_bins)
+        count, acc, mean_conf = bins.count, bins.accuracy, bins.confidence
+        top, bottom = axes[0, col], axes[1, col]
+        nonempty = count > 0
+        top.bar(
+            centers[nonempty],
+            acc[nonempty],
+            width=width,
+            color="#3b75af",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        top.bar(
+            centers[nonempty],
+            (mean_conf - acc)[nonempty],
+            bottom=acc[nonempty],
+            width=width,
+            color="#e6554d",
+            alpha=0.35,
+            hatch="//",
+            edgecolor="#b8322a",
+            linewidth=0.5,
+            label="gap",
+        )
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if col == 0 else None)
+        top.set_title(f"{name}\nECE {100 * bins.ece:.2f}% ({n_bins} bins)", fontsize=10)
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(
+            centers,
+            count / count.sum(),
+            width=width,
+            color="#7f7f7f",
+            edgecolor="black",
+            linewidth=0.5,
+        )
+        bottom.axvline(
+            bins.mean_confidence, color="#e6554d", linestyle="--", linewidth=1, label="avg conf"
+        )
+        bottom.axvline(
+            bins.mean_accuracy,
+            color="#3b75af",
+            linestyle="-",
+            linewidth=1,
+            label="accuracy",
+        )
+        bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="fraction" if col == 0 else None)
+        bottom.legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+RUN_KEYS = (
+    "accuracy",
+    "ece",
+    "adaptive_ece",
+    "classwise_ece",
+    "nll",
+    "brier",
+    "ece_after_ts",
+    "temperature",
+)
+
+
+def markdown_table(
+    rows: Mapping[str, Mapping[str, float]],
+    first: str = "network",
+    keys: Sequence[str] = RUN_KEYS,
+) -> str:
+    """One row per entry; the columns of ``keys`` (see :data:`COLUMNS`) that any row has."""
+    cols = [c for c in COLUMNS if c[0] in keys and any(c[0] in r for r in rows.values())]
     lines = [
         f"| {first} | " + " | ".join(c[1] for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -70,7 +177,7 @@ def write_run_report(
         f"{name} ({summary['models'][name]}){' — deployed' if name == summary['deployed'] else ''}": m
         for name, m in summary["results"].items()
     }
-    figure = cal.reliability_diagram(
+    figure = reliability_diagram(
         {
             f"{n} ({summary['models'][n]})": (torch.softmax(z.double(), 1), y)
             for n, (z, y) in test.items()
@@ -120,8 +227,8 @@ def compare_runs(
             rows[label] = summary["results"][name]
             pred = Path(run) / "predictions" / f"{name}.npz"
             if figure is not None and pred.is_file():
-                data = cal.load_logits(pred)
+                data = load_logits(pred)
                 panels[label] = (torch.softmax(data["logits"].double(), 1), data["labels"])
     if figure is not None and panels:
-        cal.reliability_diagram(panels, figure)
+        reliability_diagram(panels, figure)
     return markdown_table(rows, first="run: network")

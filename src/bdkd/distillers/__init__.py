@@ -58,10 +58,10 @@ def create_distiller(
     """Build the distiller registered as ``method`` over ``networks`` with ``hparams``.
 
     A registered distiller name (``dml``, ``kdcl``, ``bdkd``, ``uskd``, ``scratch``,
-    ``offline``) builds that class. Where a name is both, the distiller wins: ``bdkd`` is the
-    online method; its student term alone is available offline as
-    ``offline`` with ``objective="bdkd"``. Any other objective name builds the offline
-    distiller; its keys other than the offline distiller's own go to the objective.
+    ``offline``) builds that class; ``bdkd`` is the online method. A registered objective
+    name (``kd``, ``dkd``, ..., ``bdkd_student``: BD-KD's student term from a frozen teacher)
+    builds the offline distiller; its keys other than the offline distiller's own go to the
+    objective. No name is both.
     Numeric hyper-parameters are range-checked first (:func:`check_hparam_values`).
     """
     check_hparam_values(hparams)

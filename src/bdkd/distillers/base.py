@@ -5,9 +5,11 @@ A Distiller is an ``nn.Module`` that owns the networks of one method:
 - ``networks``: name -> module (``teacher``/``student``, or several peers);
 - ``trainable``: the names that get an optimizer; ``deployed``: the network reported as the
   student;
-- ``forward(inputs, labels, epoch)`` runs every network once on the batch and returns a
-  :class:`DistillerOutput`: the logits per network and, per trainable network, a dict of
-  named, already weighted loss terms. Targets taken from another network are detached here.
+- ``forward(inputs, labels, epoch, cached)`` runs every network once on the batch and
+  returns a :class:`DistillerOutput`: the logits per network and, per trainable network, a
+  dict of named, already weighted loss terms. Targets taken from another network are
+  detached here. ``cached`` may hold frozen networks' logits computed earlier on exactly
+  these inputs (a teacher-logit cache); those networks are then not run.
 
 The engine adds every term, runs one backward pass, steps each network's optimizer and logs
 every term; it knows nothing of any method, and a method knows nothing of the loop.
@@ -114,8 +116,15 @@ class Distiller(nn.Module):
                     logits[name] = net(inputs)
         return logits
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        """Run every network once and return logits and named loss terms."""
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        """Run every network once (frozen ones from ``cached`` when given) and return logits
+        and named loss terms."""
         raise NotImplementedError
 
 

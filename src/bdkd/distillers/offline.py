@@ -111,8 +111,14 @@ class ScratchDistiller(Distiller):
         super().__init__({name: networks[name]}, trainable=(name,), deployed=name)
         self.ce_weight = ce_weight
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        logits = self.run_networks(inputs)
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        logits = self.run_networks(inputs, cached)
         name = self.deployed
         ce = self.ce_weight * F.cross_entropy(logits[name].float(), labels)
         return DistillerOutput(logits=logits, losses={name: {"ce": ce}})

@@ -63,8 +63,14 @@ class DMLDistiller(Distiller):
         )
         self.temperature, self.kl_weight, self.ce_weight = temperature, kl_weight, ce_weight
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        logits = self.run_networks(inputs)
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        logits = self.run_networks(inputs, cached)
         t2 = self.temperature**2
         losses = {}
         for name, z in logits.items():
@@ -118,8 +124,14 @@ class KDCLDistiller(Distiller):
         target_logit = stacked.gather(2, labels.view(1, -1, 1).expand(stacked.shape[0], -1, 1))
         return (stacked - target_logit).min(0).values
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        logits = self.run_networks(inputs)
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        logits = self.run_networks(inputs, cached)
         target = self.ensemble_logits(logits, labels)
         t2 = self.temperature**2
         losses = {
@@ -132,7 +144,9 @@ class KDCLDistiller(Distiller):
         return DistillerOutput(logits=logits, losses=losses)
 
 
-TEACHER_DIVERGENCES = ("forward", "reverse")
+TEACHER_DIVERGENCES = ("reverse_kl", "forward_kl")
+# earlier spellings, named from the teacher's side: "forward" is KL(q || p), "reverse" KL(p || q)
+_OLD_TEACHER_DIVERGENCES = {"forward": "reverse_kl", "reverse": "forward_kl"}
 
 
 @register_distiller("bdkd")
@@ -141,12 +155,14 @@ class BDKDDistiller(Distiller):
 
     Student: ``CE(y, q) + lam T^2 mean_n [w_f(n) KL(p||q) + w_r(n) KL(q||p)]`` with the
     entropy-gap weights of :func:`bdkd.losses.bdkd_student_loss` (teacher detached).
-    Teacher: ``CE(y, p) + lam_t T^2 mean KL(q || p)`` (student detached; the teacher's forward
-    KL towards the student, logged as ``reverse_kl`` in the pair's p/q orientation), or with
-    ``teacher_divergence="reverse"`` ``KL(p || q)`` (logged as ``forward_kl``). With more than
-    two networks, ordered largest to smallest (``order``, else by parameter count), each
-    smaller network is a student of each larger one and terms are averaged over partners.
-    The teacher term and the weights are a reconstruction (METHODS.md section 3).
+    Teacher: ``CE(y, p) + lam_t T^2 mean KL(q || p)`` (``teacher_divergence="reverse_kl"``,
+    the default: DML's term, student detached) or ``KL(p || q)`` (``"forward_kl"``), named in
+    the pair's orientation (p the teacher, q the student) and logged under that name. The
+    older spellings ``"forward"`` (= ``"reverse_kl"``) and ``"reverse"`` (= ``"forward_kl"``)
+    are still accepted. With more than two networks, ordered largest to smallest (``order``,
+    else by parameter count), each smaller network is a student of each larger one and terms
+    are averaged over partners. The teacher term and the weights are a reconstruction (see
+    docs/methods.md).
     """
 
     def __init__(
@@ -161,11 +177,12 @@ class BDKDDistiller(Distiller):
         high: float = 3.0,
         low: float = 1.0,
         sharpness: float = 1.0,
-        teacher_divergence: str = "forward",
+        teacher_divergence: str = "reverse_kl",
         order: Sequence[str] | None = None,
         deployed: str | None = None,
     ) -> None:
         _need_networks("BD-KD", networks)
+        teacher_divergence = _OLD_TEACHER_DIVERGENCES.get(teacher_divergence, teacher_divergence)
         if teacher_divergence not in TEACHER_DIVERGENCES:
             raise ValueError(
                 f"teacher_divergence must be one of {TEACHER_DIVERGENCES}, got {teacher_divergence!r}"
@@ -188,10 +205,16 @@ class BDKDDistiller(Distiller):
             raise ValueError(f"rule must be 'hard' or 'soft', got {rule!r}")
         self.teacher_divergence = teacher_divergence
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
-        logits = self.run_networks(inputs)
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        logits = self.run_networks(inputs, cached)
         t, t2 = self.temperature, self.temperature**2
-        teacher_term = "reverse_kl" if self.teacher_divergence == "forward" else "forward_kl"
+        teacher_term = self.teacher_divergence
         losses = {
             n: {"ce": self.ce_weight * F.cross_entropy(logits[n].float(), labels)}
             for n in self.order
@@ -214,10 +237,11 @@ class BDKDDistiller(Distiller):
             if smaller:
                 parts = []
                 for small in smaller:
-                    target = logits[small].detach()
-                    if self.teacher_divergence == "forward":
-                        parts.append(forward_kl(z, target, temperature=t))
-                    else:
-                        parts.append(reverse_kl(z, target, temperature=t))
+                    # p = this (larger) network, q = the smaller one, detached
+                    q = logits[small].detach()
+                    if self.teacher_divergence == "reverse_kl":  # KL(q || p)
+                        parts.append(forward_kl(z, q, temperature=t))
+                    else:  # KL(p || q)
+                        parts.append(reverse_kl(z, q, temperature=t))
                 losses[name][teacher_term] = self.teacher_weight * t2 * sum(parts) / len(parts)
         return DistillerOutput(logits=logits, losses=losses, diagnostics=diagnostics)

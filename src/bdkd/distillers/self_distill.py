@@ -69,7 +69,15 @@ class USKDDistiller(Distiller):
     def extra_modules(self, network: str) -> list[nn.Module]:
         return [self.aux_head] if network == "student" else []
 
-    def forward(self, inputs: Tensor, labels: Tensor, epoch: int = 0) -> DistillerOutput:
+    def forward(
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        epoch: int = 0,
+        cached: Mapping[str, Tensor] | None = None,
+    ) -> DistillerOutput:
+        if cached:
+            raise ValueError("USKD trains its only network, so no logits can come from a cache")
         feature, logits = features_and_logits(self.networks["student"], inputs)
         aux = self.aux_head(feature)
         terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), labels)}

@@ -1,9 +1,10 @@
-"""Evaluation: one pass of any networks over a loader, used by training and `bdkd eval`.
+"""Evaluation: one pass of any networks over batches, for every task.
 
 :func:`evaluate_networks` runs every given network on each batch once (under the run's
-autocast, logits upcast to float32), streams the calibration metrics, and keeps the logits
-when asked (for temperature scaling and saved predictions). :func:`metric_dict` turns an
-accumulator into the metrics a run reports. :func:`evaluate_checkpoint` is `bdkd eval`.
+autocast, logits upcast to float32), streams the task's metrics, and keeps the logits when
+asked (for temperature scaling and saved predictions); it serves training, `bdkd eval` and
+the LLM side (:class:`bdkd.llm.run.LMTask`). :func:`metric_dict` turns an accumulator into
+the metrics a run reports. :func:`evaluate_checkpoint` is `bdkd eval`.
 """
 
 from __future__ import annotations
@@ -43,32 +44,57 @@ def metric_dict(acc: cal.CalibrationAccumulator) -> dict[str, float]:
     return m
 
 
+class ImageTask:
+    """Image classification: a batch is ``(images, labels)``; metrics are every calibration
+    metric of :class:`bdkd.calibration.CalibrationAccumulator`."""
+
+    def __init__(self, transform: Callable[[Tensor], Tensor], num_classes: int, bins: int) -> None:
+        self.transform, self.num_classes, self.bins = transform, num_classes, bins
+
+    def predict(self, network: nn.Module, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        images, labels = batch
+        return network(self.transform(images)), labels, None
+
+    def accumulator(self) -> cal.CalibrationAccumulator:
+        return cal.CalibrationAccumulator(self.num_classes, self.bins)
+
+
 @torch.no_grad()
 def evaluate_networks(
     networks: Mapping[str, nn.Module],
-    batches: Iterable[tuple[Tensor, Tensor]],
-    transform: Callable[[Tensor], Tensor],
+    batches: Iterable[Any],
+    task: Any,
     *,
-    num_classes: int,
-    bins: int,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     keep_logits: bool = False,
+    reference: str | None = None,
 ) -> Evaluation:
-    """Run every network once per batch (eval mode is the caller's business); metrics summed
-    over processes when a process group is up; logits gathered in rank order if kept."""
-    accs = {n: cal.CalibrationAccumulator(num_classes, bins) for n in networks}
+    """Run every network once per batch (eval mode is the caller's business) and stream its
+    metrics: the one evaluation loop of training, ``bdkd eval`` and the LLM side.
+
+    ``task`` turns a batch into ``(logits (..., C), labels (...), mask or None)`` per network
+    (``predict``) and makes the metric accumulator (``accumulator``); logits are upcast to
+    float32. With ``reference`` (a network name, e.g. the teacher), every other network's
+    accumulator also gets the reference's logits (agreement with it). Metrics are summed over
+    processes when a process group is up; kept logits are gathered in rank order.
+    """
+    accs = {n: task.accumulator() for n in networks}
     kept: dict[str, list[Tensor]] = {n: [] for n in networks}
     labels_seen: list[Tensor] = []
-    for images, labels in batches:
-        x = transform(images)
+    for batch in batches:
         with autocast():
-            outs = {n: net(x) for n, net in networks.items()}
-        for n, z in outs.items():
+            outs = {n: task.predict(net, batch) for n, net in networks.items()}
+        ref = None if reference is None else outs[reference][0].float()
+        labels = None
+        for n, (z, labels, mask) in outs.items():
             z = z.float()
-            accs[n].update(z, labels)
+            if ref is not None and n != reference:
+                accs[n].update(z, labels, mask, ref)
+            else:
+                accs[n].update(z, labels, mask)
             if keep_logits:
                 kept[n].append(z.cpu())
-        if keep_logits:
+        if keep_logits and labels is not None:
             labels_seen.append(labels.cpu())
     for acc in accs.values():
         acc.all_reduce()
@@ -137,9 +163,7 @@ def evaluate_checkpoint(
     result = evaluate_networks(
         selected,
         chosen,
-        lambda images: augment(images, train=False),
-        num_classes=splits.info.num_classes,
-        bins=bins,
+        ImageTask(lambda images: augment(images, train=False), splits.info.num_classes, bins),
         autocast=build.autocast_factory(dev, cfg.train.precision),
         keep_logits=True,
     )

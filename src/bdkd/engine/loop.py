@@ -29,7 +29,7 @@ from bdkd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from bdkd.engine.evaluate import Evaluation, evaluate_networks
+from bdkd.engine.evaluate import Evaluation, ImageTask, evaluate_networks
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
 from bdkd.engine.progress import Progress, open_tensorboard
 from bdkd.engine.rundir import (
@@ -154,11 +154,11 @@ class Trainer:
                     net.forward_with_features = torch.compile(net.forward_with_features)
         # One DDP wrapper over the distiller: it owns every network (and any method-owned
         # module such as USKD's head), so one backward syncs every trainable gradient.
-        self.forward: Any = self.distiller
+        self.step_module: Any = self.distiller
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(
+            self.step_module = DistributedDataParallel(
                 self.distiller,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
@@ -339,11 +339,11 @@ class Trainer:
         start = time.perf_counter()
         for step, (images, labels, index) in enumerate(loader, start=1):
             x = self.augment.apply(images, params, index)
-            extra = {}
+            cached = None
             if use_cache:
-                extra["cached"] = {"teacher": self.cache.read(epoch, index).to(self.device)}
+                cached = {"teacher": self.cache.read(epoch, index).to(self.device)}
             with self._autocast():
-                out = self.forward(x, labels, epoch, **extra)
+                out = self.step_module(x, labels, epoch, cached)
             total = out.total()
             if not self._all_finite(total):
                 raise self._diverged(out, epoch, step, len(loader))
@@ -418,9 +418,11 @@ class Trainer:
         return evaluate_networks(
             {n: nets[n] for n in (networks or list(nets))},
             loader,
-            lambda images: self.augment(images, train=False),
-            num_classes=self.info.num_classes,
-            bins=self.cfg.eval.bins,
+            ImageTask(
+                lambda images: self.augment(images, train=False),
+                self.info.num_classes,
+                self.cfg.eval.bins,
+            ),
             autocast=self._autocast,
             keep_logits=keep_logits,
         )

@@ -83,6 +83,14 @@ class TokenMetrics:
             row[6] = float(forward_kl(z, t, reduction="sum"))
         self.totals += torch.tensor(row, dtype=torch.float64)
 
+    def all_reduce(self) -> None:
+        """Sum the state over every process of the default ``torch.distributed`` group."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.bins, self.totals):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
     def compute(self) -> dict[str, float]:
         """``perplexity``, ``accuracy``, ``ece``, ``nll``, ``brier`` and, with a teacher,
         ``teacher_top1_agreement`` and ``teacher_forward_kl`` (mean per token)."""

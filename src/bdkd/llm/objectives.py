@@ -12,10 +12,11 @@ those values trains on what it meant, not on the definition's value there, which
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from bdkd.divergences import RowFn, apply_rows, kl_rows, pairwise_rows
-from bdkd.losses.bdkd import bdkd_weights
+from bdkd.losses.bdkd import entropy_gap_weights
 
 TOKEN_OBJECTIVES = (
     "forward_kl",
@@ -35,7 +36,10 @@ def bdkd_rows(
     """Per-token ``w_f KL(p||q) + w_r KL(q||p)`` with BD-KD's detached entropy-gap weights."""
 
     def rows(log_q: Tensor, log_p: Tensor) -> Tensor:
-        w_f, w_r = bdkd_weights(log_q, log_p, rule=rule, high=high, low=low, sharpness=sharpness)
+        with torch.no_grad():
+            h_s = -(log_q.exp() * torch.where(log_q.isfinite(), log_q, 0.0)).sum(-1)
+            h_t = -(log_p.exp() * torch.where(log_p.isfinite(), log_p, 0.0)).sum(-1)
+        w_f, w_r = entropy_gap_weights(h_s, h_t, rule=rule, high=high, low=low, sharpness=sharpness)
         return w_f * kl_rows(log_p, log_q) + w_r * kl_rows(log_q, log_p)
 
     return rows

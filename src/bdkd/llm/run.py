@@ -324,7 +324,21 @@ def build_data(
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
+class LMTask:
+    """Next-token prediction for :func:`bdkd.engine.evaluate.evaluate_networks`: a batch is
+    an :class:`~bdkd.llm.distill.LMBatch`; metrics stream in :class:`TokenMetrics`."""
+
+    def __init__(self, bins: int = 15) -> None:
+        self.bins = bins
+
+    def predict(self, network: Any, batch: LMBatch) -> tuple[Any, Any, Any]:
+        out = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return out.logits[:, :-1], batch.input_ids[:, 1:], batch.target_mask()
+
+    def accumulator(self) -> TokenMetrics:
+        return TokenMetrics(n_bins=self.bins)
+
+
 def evaluate_lm(
     student: Any,
     teacher: Any | None,
@@ -338,20 +352,22 @@ def evaluate_lm(
 ) -> dict[str, float]:
     """The student's next-token metrics over the target tokens of ``examples`` and its
     agreement with ``teacher``; the teacher's own metrics go to ``teacher_metrics``."""
-    metrics = TokenMetrics(n_bins=bins)
+    from bdkd.engine.evaluate import evaluate_networks
+
+    networks = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
     was = student.training
     student.eval()
-    for i in range(0, len(examples), batch):
-        b = collate(examples[i : i + batch], pad, device)
-        s = student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
-        t = None
-        if teacher is not None:
-            t = teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
-        metrics.update(s, b.input_ids[:, 1:], b.target_mask(), t)
-        if teacher_metrics is not None and t is not None:
-            teacher_metrics.update(t, b.input_ids[:, 1:], b.target_mask())
+    result = evaluate_networks(
+        networks,
+        (collate(examples[i : i + batch], pad, device) for i in range(0, len(examples), batch)),
+        LMTask(bins),
+        reference=None if teacher is None else "teacher",
+    )
     student.train(was)
-    return metrics.compute()
+    if teacher_metrics is not None and teacher is not None:
+        teacher_metrics.bins += result.accumulators["teacher"].bins
+        teacher_metrics.totals += result.accumulators["teacher"].totals
+    return result.accumulators["student"].compute()
 
 
 @torch.no_grad()

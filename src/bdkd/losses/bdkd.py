@@ -1,8 +1,8 @@
 """BD-KD's student term: forward and reverse KL balanced per sample by the entropy gap.
 
 Amara et al., "Balancing the Divergences for Online Knowledge Distillation" (arXiv
-2212.12965). The paper's exact formula could not be read; this is the reconstruction of
-METHODS.md section 3, every part configurable:
+2212.12965). The paper's exact formula could not be read; this is the reconstruction
+documented in docs/methods.md, every part configurable:
 
     loss = T^2 mean_n [ w_f(n) KL(p^T || q^T) + w_r(n) KL(q^T || p^T) ]
     H_s = H(q^T), H_t = H(p^T)  (detached)
@@ -26,6 +26,31 @@ from bdkd.losses.registry import register_objective
 RULES = ("hard", "soft")
 
 
+def entropy_gap_weights(
+    student_entropy: Tensor,
+    teacher_entropy: Tensor,
+    *,
+    rule: str = "hard",
+    high: float = 3.0,
+    low: float = 1.0,
+    sharpness: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Per-row (forward, reverse) KL weights from the student's and teacher's entropies
+    ``H_s``, ``H_t`` (detached): the rule of the module docstring."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be > 0, got {sharpness}")
+    h_s, h_t = student_entropy.detach(), teacher_entropy.detach()
+    if rule == "hard":
+        w_r = torch.where(h_s > h_t, high, low).to(h_s.dtype)
+        w_f = torch.where(h_t > h_s, high, low).to(h_s.dtype)
+    else:
+        w_r = low + (high - low) * torch.sigmoid(sharpness * (h_s - h_t))
+        w_f = low + (high - low) * torch.sigmoid(sharpness * (h_t - h_s))
+    return w_f, w_r
+
+
 def bdkd_weights(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -36,24 +61,15 @@ def bdkd_weights(
     low: float = 1.0,
     sharpness: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row (forward, reverse) KL weights, detached, from the entropy gap at ``temperature``."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if sharpness <= 0:
-        raise ValueError(f"sharpness must be > 0, got {sharpness}")
+    """Per-row (forward, reverse) KL weights, detached, from the entropy gap of the logits'
+    distributions at ``temperature``."""
     with torch.no_grad():
         h_s = entropy(student_logits, temperature=temperature, reduction="none")
         h_t = entropy(teacher_logits, temperature=temperature, reduction="none")
-        if rule == "hard":
-            w_r = torch.where(h_s > h_t, high, low).to(h_s.dtype)
-            w_f = torch.where(h_t > h_s, high, low).to(h_s.dtype)
-        else:
-            w_r = low + (high - low) * torch.sigmoid(sharpness * (h_s - h_t))
-            w_f = low + (high - low) * torch.sigmoid(sharpness * (h_t - h_s))
-    return w_f, w_r
+    return entropy_gap_weights(h_s, h_t, rule=rule, high=high, low=low, sharpness=sharpness)
 
 
-@register_objective("bdkd")
+@register_objective("bdkd_student")
 def bdkd_student_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
