@@ -1,6 +1,6 @@
 """Calibration metrics, a streaming accumulator, temperature scaling, per-bin statistics.
 
-Definitions (METHODS.md section 5), with ``conf_i = max_k q_ik`` and ``M`` bins:
+Definitions (docs/calibration.md; Guo et al. 2017 for ECE and temperature scaling), with ``conf_i = max_k q_ik`` and ``M`` bins:
 
 - ECE: equal-width bins ``((m-1)/M, m/M]`` (a confidence of exactly 0 goes to the first),
   ``sum_m |B_m|/n |acc(B_m) - conf(B_m)|``;

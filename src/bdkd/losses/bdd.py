@@ -22,7 +22,7 @@ def bdd_loss(
 
     Forward KL plus a compensating reverse KL, each at its own temperature. The paper's
     temperatures and weights could not be read: the defaults (4, 4, 1, 1) are a
-    reconstruction (METHODS.md section 2).
+    reconstruction (docs/methods.md).
     """
     fkl = forward_kl(student_logits, teacher_logits, temperature=forward_temperature)
     rkl = reverse_kl(student_logits, teacher_logits, temperature=reverse_temperature)

@@ -12,7 +12,7 @@ def standardize_logits(logits: Tensor, *, eps: float = 1e-7) -> Tensor:
     Applied to both networks' logits before any objective (the offline distiller's
     ``logit_standardization`` option); the CIFAR recipe pairs it with KD at base temperature 2
     and weight 9. The standard deviation is the sample one (Bessel, ``torch.std``), as in
-    the reference code (METHODS.md section 7).
+    the reference code (docs/methods.md).
     """
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     mean = z.mean(dim=-1, keepdim=True)

@@ -42,16 +42,14 @@ ModelFactory = Callable[..., nn.Module]
 
 
 class _Entry:
-    def __init__(self, factory: ModelFactory, input_size: int, family: str) -> None:
-        self.factory, self.input_size, self.family = factory, input_size, family
+    def __init__(self, factory: ModelFactory, input_size: int) -> None:
+        self.factory, self.input_size = factory, input_size
 
 
 MODELS: dict[str, _Entry] = {}
 
 
-def register_model(
-    name: str, *, input_size: int = 32, family: str = "cifar"
-) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(name: str, *, input_size: int = 32) -> Callable[[ModelFactory], ModelFactory]:
     """Register a factory ``fn(num_classes, **kwargs) -> nn.Module`` under ``name``.
 
     ``input_size`` is the image side the model is built for (32 for the CIFAR zoo, 28 for
@@ -61,7 +59,7 @@ def register_model(
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = _Entry(factory, input_size, family)
+        MODELS[name] = _Entry(factory, input_size)
         return factory
 
     return decorate

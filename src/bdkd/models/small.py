@@ -57,7 +57,7 @@ class MLP(ZooModel):
 
 
 def _register_cnn(name: str, width: int) -> None:
-    @register_model(name, input_size=28, family="small")
+    @register_model(name, input_size=28)
     def build(num_classes: int = 10, in_channels: int = 1) -> SmallCNN:
         return SmallCNN(num_classes, width, in_channels)
 
@@ -66,7 +66,7 @@ for _name, _width in CNN_WIDTHS.items():
     _register_cnn(_name, _width)
 
 
-@register_model("cnn", input_size=28, family="small")
+@register_model("cnn", input_size=28)
 def cnn(num_classes: int = 10, width: int = 16, in_channels: int = 1) -> SmallCNN:
     """The small CNN at any ``width`` (``networks.X.kwargs: {width: 7}``)."""
     if width < 1:
@@ -75,7 +75,7 @@ def cnn(num_classes: int = 10, width: int = 16, in_channels: int = 1) -> SmallCN
 
 
 def _register_mlp(name: str, hidden: int) -> None:
-    @register_model(name, input_size=8, family="small")
+    @register_model(name, input_size=8)
     def build(num_classes: int = 10, in_features: int = 64) -> MLP:
         return MLP(num_classes, hidden, in_features)
 
