@@ -391,8 +391,8 @@ def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(
     run = tmp_path / "r"
     real = ScratchDistiller.forward
 
-    def poisoned(self, inputs, labels, epoch=0):
-        out = real(self, inputs, labels, epoch)
+    def poisoned(self, inputs, labels, epoch=0, cached=None):
+        out = real(self, inputs, labels, epoch, cached)
         if self.training and epoch == 1:
             out.losses["student"]["ce"] = out.losses["student"]["ce"] * float("nan")
         return out

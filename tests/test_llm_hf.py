@@ -357,15 +357,17 @@ def test_trl_distillation_trainer_with_a_bdkd_objective_keeps_on_policy_generati
         save_strategy="no",
         logging_steps=1,
     )
+    from bdkd.llm import distill
+
     cls = hf.trl_distillation_trainer()
     calls = []
-    real = hf.fused_linear_divergence
+    real = distill.fused_linear_divergence
 
     def spy(*args, **kwargs):
         calls.append(kwargs["objective"])
         return real(*args, **kwargs)
 
-    hf.fused_linear_divergence = spy
+    distill.fused_linear_divergence = spy
     try:
         trainer = cls(
             model=student,
@@ -377,7 +379,7 @@ def test_trl_distillation_trainer_with_a_bdkd_objective_keeps_on_policy_generati
         )
         result = trainer.train()
     finally:
-        hf.fused_linear_divergence = real
+        distill.fused_linear_divergence = real
     assert result.global_step == 2 and calls and set(calls) == {"bdkd"}
     assert torch.isfinite(torch.tensor(result.training_loss))
 

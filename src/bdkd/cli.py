@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import bdkd
 
@@ -130,17 +131,12 @@ def _relaunch_distributed(argv: Sequence[str], nproc: int) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from bdkd.config import load_config, read_yaml, validate
-    from bdkd.engine import Trainer
-    from bdkd.engine.distributed import destroy
+def _run_target(args: argparse.Namespace, load: Callable[..., Any]) -> tuple[Any, Path, bool]:
+    """(config, run directory, resuming?) of ``train`` / ``llm-distill``: ``--resume RUN``
+    reads the run's own config.yaml; else CONFIG with overrides, into ``--out`` or
+    output.dir/output.name (default ``<config>-seed<seed>``)."""
     from bdkd.engine.loop import check_resumable
     from bdkd.engine.rundir import default_run_dir
-
-    if args.nproc is not None and args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc and args.nproc > 1:
-        return _relaunch_distributed(args.argv, args.nproc)
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -149,21 +145,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
             )
         check_resumable(run_dir)
-        cfg = validate(read_yaml(run_dir / "config.yaml"))
+        return load(run_dir / "config.yaml"), run_dir, True
+    if not args.config:
+        raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
+    cfg = load(args.config, args.overrides)
+    run_dir = (
+        Path(args.out)
+        if args.out
+        else default_run_dir(args.config, cfg.output.dir, cfg.output.name, cfg.train.seed)
+    )
+    return cfg, run_dir, False
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bdkd.config import load_config
+    from bdkd.engine import Trainer
+    from bdkd.engine.distributed import destroy
+
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1:
+        return _relaunch_distributed(args.argv, args.nproc)
+
+    cfg, run_dir, resume = _run_target(args, load_config)
+    if resume:
         trainer = Trainer(cfg, run_dir, resume=True)
         print(
             f"resuming {run_dir} at epoch {trainer.start_epoch + 1}/{cfg.train.epochs}",
             file=sys.stderr,
         )
     else:
-        if not args.config:
-            raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
-        run_dir = (
-            Path(args.out)
-            if args.out
-            else default_run_dir(args.config, cfg.output.dir, cfg.output.name, cfg.train.seed)
-        )
         trainer = Trainer(cfg, run_dir, force=args.force, protect=(args.config,))
     summary = trainer.fit()
     from bdkd.report import markdown_table
@@ -220,28 +231,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_llm_distill(args: argparse.Namespace) -> int:
-    from bdkd.engine.loop import check_resumable
-    from bdkd.engine.rundir import default_run_dir
     from bdkd.llm.run import load_llm_config, run_llm_distill
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.config or args.overrides:
-            raise ValueError(
-                "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
-            )
-        check_resumable(run_dir)
-        cfg = load_llm_config(run_dir / "config.yaml")
+    cfg, run_dir, resume = _run_target(args, load_llm_config)
+    if resume:
         summary = run_llm_distill(cfg, run_dir, resume=True)
     else:
-        if not args.config:
-            raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
-        cfg = load_llm_config(args.config, args.overrides)
-        run_dir = (
-            Path(args.out)
-            if args.out
-            else default_run_dir(args.config, cfg.output.dir, cfg.output.name, cfg.train.seed)
-        )
         summary = run_llm_distill(cfg, run_dir, force=args.force, protect=(args.config,))
     r = summary["results"]["student"]
     objective = summary["objective"]

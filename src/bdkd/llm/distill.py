@@ -50,6 +50,47 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return decoder, head
 
 
+def distill_hidden(
+    student: nn.Module,
+    teacher: nn.Module,
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    mask: Tensor,
+    *,
+    objective: str,
+    temperature: float,
+    params: dict[str, float],
+    normalizer: float | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """The token objective between two causal LMs given their final hidden states (B, T, H)
+    at the positions of ``mask``, through both LM heads by the fused path (each model's own
+    logit post-processing applied); mean over the valid tokens, or their sum divided by
+    ``normalizer``. Shared by :class:`CausalLMDistiller` and the trainer adapters."""
+    _, s_head = decoder_and_head(student)
+    _, t_head = decoder_and_head(teacher)
+    s_post, t_post = logit_postprocessing(student), logit_postprocessing(teacher)
+    return fused_linear_divergence(
+        student_hidden,
+        s_head.weight,
+        teacher_hidden=teacher_hidden.to(student_hidden.device),
+        teacher_weight=t_head.weight,
+        bias=s_head.bias,
+        teacher_bias=t_head.bias,
+        mask=mask,
+        objective=objective,
+        temperature=temperature,
+        reduction="sum" if normalizer is not None else "mean",
+        normalizer=normalizer,
+        chunk_size=chunk_size,
+        logit_scale=s_post[0],
+        logit_softcap=s_post[1],
+        teacher_logit_scale=t_post[0],
+        teacher_logit_softcap=t_post[1],
+        **params,
+    )
+
+
 @dataclass
 class LMBatch:
     """Token ids (B, T), attention mask (B, T) and the mask of tokens that count as targets
@@ -99,9 +140,8 @@ class CausalLMDistiller(nn.Module):
     def forward(self, batch: LMBatch, normalizer: float | None = None) -> dict[str, Tensor]:
         """Named loss terms of ``batch``; ``normalizer`` divides token sums (accumulation)."""
         mask = batch.target_mask()
-        s_post, t_post = logit_postprocessing(self.student), logit_postprocessing(self.teacher)
         s_decoder, s_head = decoder_and_head(self.student)
-        t_decoder, t_head = decoder_and_head(self.teacher)
+        t_decoder, _ = decoder_and_head(self.teacher)
         with torch.no_grad():
             t_hidden = t_decoder(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask
@@ -109,31 +149,25 @@ class CausalLMDistiller(nn.Module):
         s_hidden = s_decoder(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).last_hidden_state[:, :-1]
-        reduction = "sum" if normalizer is not None else "mean"
         terms = {
             self.objective: self.distill_weight
-            * fused_linear_divergence(
+            * distill_hidden(
+                self.student,
+                self.teacher,
                 s_hidden,
-                s_head.weight,
-                teacher_hidden=t_hidden,
-                teacher_weight=t_head.weight,
-                bias=s_head.bias,
-                teacher_bias=t_head.bias,
-                mask=mask,
+                t_hidden,
+                mask,
                 objective=self.objective,
                 temperature=self.temperature,
-                reduction=reduction,
+                params=self.params,
                 normalizer=normalizer,
                 chunk_size=self.chunk_size,
-                logit_scale=s_post[0],
-                logit_softcap=s_post[1],
-                teacher_logit_scale=t_post[0],
-                teacher_logit_softcap=t_post[1],
-                **self.params,
             )
         }
         if self.ce_weight:
-            logits = postprocess(s_head(s_hidden[mask]).float(), *s_post)
+            logits = postprocess(
+                s_head(s_hidden[mask]).float(), *logit_postprocessing(self.student)
+            )
             ce = F.cross_entropy(logits, batch.input_ids[:, 1:][mask], reduction="sum")
             terms["ce"] = (
                 self.ce_weight

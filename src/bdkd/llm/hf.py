@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.llm.distill import decoder_and_head, logit_postprocessing
-from bdkd.llm.fused import fused_linear_divergence, postprocess
+from bdkd.llm.distill import decoder_and_head, distill_hidden, logit_postprocessing
+from bdkd.llm.fused import postprocess
 from bdkd.llm.objectives import token_rows
 
 
@@ -118,38 +118,28 @@ class DistillTrainer(_base_trainer()):  # type: ignore[misc]
         s_hidden = _hidden_through_forward(model, input_ids, attention)[:, :-1]
         unwrapped = self.accelerator.unwrap_model(model)
         _, s_head = decoder_and_head(unwrapped)
-        t_decoder, t_head = decoder_and_head(self.teacher_model)
+        t_decoder, _ = decoder_and_head(self.teacher_model)
         with torch.no_grad():
             t_hidden = t_decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state[
                 :, :-1
             ]
-        s_post, t_post = logit_postprocessing(unwrapped), logit_postprocessing(self.teacher_model)
-        normalizer = None
-        if num_items_in_batch is not None:
-            normalizer = float(num_items_in_batch)
-        distill = fused_linear_divergence(
+        normalizer = None if num_items_in_batch is None else float(num_items_in_batch)
+        distill = distill_hidden(
+            unwrapped,
+            self.teacher_model,
             s_hidden,
-            s_head.weight,
-            teacher_hidden=t_hidden,
-            teacher_weight=t_head.weight,
-            bias=s_head.bias,
-            teacher_bias=t_head.bias,
-            mask=target,
+            t_hidden,
+            target,
             objective=self.objective,
             temperature=self.objective_temperature,
-            reduction="sum" if normalizer is not None else "mean",
+            params=self.objective_params,
             normalizer=normalizer,
             chunk_size=self.chunk_size,
-            logit_scale=s_post[0],
-            logit_softcap=s_post[1],
-            teacher_logit_scale=t_post[0],
-            teacher_logit_softcap=t_post[1],
-            **self.objective_params,
         )
         loss = self.distill_weight * distill
         terms = {self.objective: float(loss.detach())}
         if self.ce_weight:
-            z = postprocess(s_head(s_hidden[target]).float(), *s_post)
+            z = postprocess(s_head(s_hidden[target]).float(), *logit_postprocessing(unwrapped))
             ce = F.cross_entropy(z, input_ids[:, 1:][target], reduction="sum")
             ce = ce / (normalizer if normalizer is not None else max(int(target.sum()), 1))
             loss = loss + self.ce_weight * ce
@@ -219,32 +209,22 @@ def trl_distillation_trainer() -> type:
                     attention,
                     keep,
                 )
-            s_head = unwrapped_student.get_output_embeddings()
-            t_head = teacher.get_output_embeddings()
-            s_post, t_post = logit_postprocessing(unwrapped_student), logit_postprocessing(teacher)
             valid = mask.bool()
             n_valid = valid.sum()
-            normalizer = None
-            if num_items_in_batch is not None:
-                normalizer = float(num_items_in_batch)
-            loss = fused_linear_divergence(
+            normalizer = None if num_items_in_batch is None else float(num_items_in_batch)
+            loss = distill_hidden(
+                unwrapped_student,
+                teacher,
                 s_hidden,
-                s_head.weight,
-                teacher_hidden=t_hidden.to(s_hidden.device),
-                teacher_weight=t_head.weight,
-                bias=s_head.bias,
-                teacher_bias=t_head.bias,
-                mask=valid,
+                t_hidden,
+                valid,
                 objective=self.objective,
                 temperature=self.objective_temperature,
-                reduction="sum" if normalizer is not None else "mean",
+                params=self.objective_params,
                 normalizer=normalizer,
-                logit_scale=s_post[0],
-                logit_softcap=s_post[1],
-                teacher_logit_scale=t_post[0],
-                teacher_logit_softcap=t_post[1],
-                **self.objective_params,
             )
+            s_head = unwrapped_student.get_output_embeddings()
+            s_post = logit_postprocessing(unwrapped_student)
             entropy = entropy_sum(s_hidden.detach(), s_head, valid, post=s_post)
             return loss, entropy, n_valid
 
