@@ -24,6 +24,9 @@ COLUMNS = (
     ("brier", "Brier", 1, ".4f"),
     ("ece_after_ts", "ECE after TS %", 100, ".2f"),
     ("temperature", "T", 1, ".3f"),
+    ("perplexity", "perplexity", 1, ".2f"),
+    ("teacher_top1_agreement", "agreement with teacher %", 100, ".2f"),
+    ("rouge_l_vs_reference", "ROUGE-L vs reference", 1, ".3f"),
 )
 
 

@@ -602,30 +602,30 @@ def finish(
     return summary
 
 
-REPORT_COLUMNS = (
-    ("perplexity", "perplexity", 1, ".2f"),
-    ("accuracy", "next-token top-1 %", 100, ".2f"),
-    ("ece", "token ECE %", 100, ".2f"),
-    ("nll", "NLL", 1, ".4f"),
-    ("brier", "Brier", 1, ".4f"),
-    ("teacher_top1_agreement", "agreement with teacher %", 100, ".2f"),
-    ("rouge_l_vs_reference", "ROUGE-L vs reference", 1, ".3f"),
+LM_KEYS = (
+    "perplexity",
+    "accuracy",
+    "ece",
+    "nll",
+    "brier",
+    "teacher_top1_agreement",
+    "rouge_l_vs_reference",
 )
 
 
 def lm_report(summary: dict[str, Any], title: str) -> str:
     """A markdown report of token-level metrics (student and teacher rows where present)."""
+    from bdkd.report import markdown_table
+
     rows = summary["results"]
-    cols = [c for c in REPORT_COLUMNS if any(c[0] in r for r in rows.values())]
+    n = next(iter(rows.values())).get("tokens")
     lines = [
         f"# {title}",
         "",
-        "| model | " + " | ".join(c[1] for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        markdown_table(rows, first="model", keys=LM_KEYS),
+        "",
+        f"Over {int(n) if n else '?'} target tokens; 'top-1 %' is next-token accuracy; ECE with "
+        f"{summary.get('bins', 15)} bins.",
+        "",
     ]
-    for name, r in rows.items():
-        cells = [format(r[k] * s, f) if k in r else "–" for k, _, s, f in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    n = next(iter(rows.values())).get("tokens")
-    lines += ["", f"Over {int(n) if n else '?'} target tokens; ECE with 15 bins.", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
