@@ -121,5 +121,6 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _flatten_pool(x: Tensor) -> Tensor:
+def flatten_pool(x: Tensor) -> Tensor:
+    """Global average pooling to (N, C)."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)

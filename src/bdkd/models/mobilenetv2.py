@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 # expansion t, channels c, repeats n, first stride s ("T" is the expansion of the paper)
 SETTINGS = [
@@ -74,7 +74,7 @@ class MobileNetV2(ZooModel):
             x = stage(x)
         middle = x
         x = self.head(self.stages_[-1](middle))
-        return middle, _flatten_pool(F.relu(x))
+        return middle, flatten_pool(F.relu(x))
 
 
 @register_model("mobilenetv2")

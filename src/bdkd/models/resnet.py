@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 
 class BasicBlock(nn.Module):
@@ -58,7 +58,7 @@ class CifarResNet(ZooModel):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer1(x)
         middle = self.layer2(x)
-        return middle, _flatten_pool(self.layer3(middle))
+        return middle, flatten_pool(self.layer3(middle))
 
 
 def _register(depth: int, filters: list[int], suffix: str = "") -> None:

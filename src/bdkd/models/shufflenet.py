@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -63,7 +63,7 @@ class ShuffleNetV1(ZooModel):
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.layers[0](F.relu(self.bn1(self.conv1(x))))
         middle = self.layers[1](x)
-        return middle, _flatten_pool(self.layers[2](middle))
+        return middle, flatten_pool(self.layers[2](middle))
 
 
 class V2Basic(nn.Module):
@@ -128,7 +128,7 @@ class ShuffleNetV2(ZooModel):
         x = self.layers[0](F.relu(self.bn1(self.conv1(x))))
         middle = self.layers[1](x)
         out = F.relu(self.bn2(self.conv2(self.layers[2](middle))))
-        return middle, _flatten_pool(out)
+        return middle, flatten_pool(out)
 
 
 @register_model("shufflenetv1")

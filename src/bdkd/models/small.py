@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 CNN_WIDTHS = {"cnn_tiny": 4, "cnn_small": 8, "cnn_medium": 16, "cnn_large": 32, "cnn_xlarge": 64}
 
@@ -38,7 +38,7 @@ class SmallCNN(ZooModel):
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.max_pool2d(self.stage1(x), 2)
         middle = self.stage2(x)
-        return middle, _flatten_pool(self.stage3(F.max_pool2d(middle, 2)))
+        return middle, flatten_pool(self.stage3(F.max_pool2d(middle, 2)))
 
 
 class MLP(ZooModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 CONFIGS = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -43,7 +43,7 @@ class VGG(ZooModel):
             x = F.max_pool2d(F.relu(self.blocks[i](x)), 2)
         middle = F.relu(self.blocks[3](x))
         x = middle if middle.shape[-1] <= 4 else F.max_pool2d(middle, 2)
-        return middle, _flatten_pool(F.relu(self.blocks[4](x)))
+        return middle, flatten_pool(F.relu(self.blocks[4](x)))
 
 
 def _register(name: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.models.base import ZooModel, _flatten_pool, init_weights, register_model
+from bdkd.models.base import ZooModel, flatten_pool, init_weights, register_model
 
 
 class WideBlock(nn.Module):
@@ -56,7 +56,7 @@ class WideResNet(ZooModel):
         x = self.block1(self.conv1(x))
         middle = self.block2(x)
         out = F.relu(self.bn(self.block3(middle)))
-        return middle, _flatten_pool(out)
+        return middle, flatten_pool(out)
 
 
 def _register(depth: int, widen: int) -> None:
