@@ -177,10 +177,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(cfg, run_dir, force=args.force, protect=(args.config,))
     summary = trainer.fit()
-    from bdkd.report import markdown_table
+    from bdkd.report import DENSE_KEYS, RUN_KEYS, markdown_table
 
     if trainer.is_main:
-        print(markdown_table(summary["results"]))
+        dense = summary.get("task") == "segmentation"
+        print(markdown_table(summary["results"], keys=DENSE_KEYS if dense else RUN_KEYS))
         print(f"run written to {run_dir} (report.md, reliability.png, summary.json, metrics.jsonl)")
     destroy()
     return 0

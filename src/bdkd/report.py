@@ -16,6 +16,7 @@ from bdkd.files import atomic_path, load_logits, write_text
 
 COLUMNS = (
     ("accuracy", "top-1 %", 100, ".2f"),
+    ("miou", "mIoU %", 100, ".2f"),
     ("ece", "ECE %", 100, ".2f"),
     ("adaptive_ece", "AdaECE %", 100, ".2f"),
     ("classwise_ece", "cwECE %", 100, ".3f"),
@@ -39,7 +40,9 @@ def reliability_diagram(
 ) -> Path:
     """Write a reliability diagram PNG: one column per model, side by side.
 
-    ``models`` maps a name to ``(probs, labels)``. Top: per-bin accuracy against confidence
+    ``models`` maps a name to ``(probs, labels)`` or to per-bin statistics
+    (:class:`~bdkd.calibration.ReliabilityBins`, e.g. of every pixel of a segmentation test
+    set). Top: per-bin accuracy against confidence
     (bars), the gap to the diagonal (hatched), ECE in the title. Bottom: the confidence
     histogram with the mean confidence and accuracy marked. Returns the path written.
     """
@@ -59,8 +62,12 @@ def reliability_diagram(
     )
     width = 1.0 / n_bins
     centers = (np.arange(n_bins) + 0.5) * width
-    for col, (name, (probs, labels)) in enumerate(models.items()):
-        bins = cal.reliability_bins(probs, labels, n_bins=n_bins)
+    for col, (name, panel) in enumerate(models.items()):
+        if isinstance(panel, cal.ReliabilityBins):
+            bins = panel
+        else:
+            probs, labels = panel
+            bins = cal.reliability_bins(probs, labels, n_bins=n_bins)
         count, acc, mean_conf = bins.count, bins.accuracy, bins.confidence
         top, bottom = axes[0, col], axes[1, col]
         nonempty = count > 0
@@ -132,6 +139,18 @@ RUN_KEYS = (
 )
 
 
+DENSE_KEYS = (
+    "miou",
+    "accuracy",
+    "ece",
+    "classwise_ece",
+    "nll",
+    "brier",
+    "ece_after_ts",
+    "temperature",
+)
+
+
 def markdown_table(
     rows: Mapping[str, Mapping[str, float]],
     first: str = "network",
@@ -171,38 +190,43 @@ def save_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_run_report(
-    run_dir: Path, summary: Mapping[str, Any], test: Mapping[str, tuple[Tensor, Tensor]]
-) -> None:
-    """report.md (results table) and reliability.png (every network side by side)."""
+def write_run_report(run_dir: Path, summary: Mapping[str, Any], panels: Mapping[str, Any]) -> None:
+    """report.md (results table; per-class IoU for segmentation) and reliability.png (every
+    network side by side). ``panels`` maps each network to ``(probs, labels)`` or to
+    :class:`~bdkd.calibration.ReliabilityBins` (pixels of segmentation)."""
     run_dir = Path(run_dir)
     rows = {
         f"{name} ({summary['models'][name]}){' — deployed' if name == summary['deployed'] else ''}": m
         for name, m in summary["results"].items()
     }
+    dense = summary.get("task") == "segmentation"
     figure = reliability_diagram(
-        {
-            f"{n} ({summary['models'][n]})": (torch.softmax(z.double(), 1), y)
-            for n, (z, y) in test.items()
-        },
+        {f"{n} ({summary['models'][n]})": panel for n, panel in panels.items()},
         run_dir / "reliability.png",
         n_bins=summary["bins"],
-        title=f"{summary['method']} on {summary['dataset']} (test)",
+        title=f"{summary['method']} on {summary['dataset']} (test{' pixels' if dense else ''})",
     )
-    text = "\n".join(
-        [
-            f"# {summary['method']} on {summary['dataset']}",
-            "",
-            f"Seed {summary['seed']}, {summary['epochs']} epochs, {summary['seconds_per_epoch']:.1f} s per epoch. "
-            f"Test split, last epoch; ECE with {summary['bins']} bins; T fitted on the validation split.",
-            "",
-            markdown_table(rows),
-            "",
-            f"![reliability diagram]({figure.name})",
-            "",
-        ]
-    )
-    write_text(run_dir / "report.md", text)
+    unit = "every valid test pixel is a sample; " if dense else ""
+    lines = [
+        f"# {summary['method']} on {summary['dataset']}",
+        "",
+        f"Seed {summary['seed']}, {summary['epochs']} epochs, {summary['seconds_per_epoch']:.1f} s per epoch. "
+        f"Test split, last epoch; {unit}ECE with {summary['bins']} bins; T fitted on the validation split.",
+        "",
+        markdown_table(rows, keys=DENSE_KEYS if dense else RUN_KEYS),
+        "",
+    ]
+    if dense:
+        names = summary.get("class_names") or []
+        lines += ["Per-class IoU % on test:", ""]
+        lines.append("| network | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        for label, m in rows.items():
+            cells = ["–" if v is None else f"{100 * v:.1f}" for v in m.get("per_class_iou", [])]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"![reliability diagram]({figure.name})", ""]
+    write_text(run_dir / "report.md", "\n".join(lines))
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@
 untouched).
 """
 
-from bdkd.data import custom, folders, sources  # noqa: F401  (registers the datasets)
+from bdkd.data import custom, folders, segmentation, sources  # noqa: F401  (register datasets)
 from bdkd.data.augment import (
     Augment,
     epoch_generator,
@@ -30,6 +30,7 @@ from bdkd.data.base import (
 )
 from bdkd.data.folders import ImageFolderSplit
 from bdkd.data.loader import InMemoryLoader, StreamedLoader
+from bdkd.data.segmentation import SegAugment, compose_scenes
 from bdkd.data.sources import read_idx, safe_unpickle
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "ImageFolderSplit",
     "InMemoryLoader",
     "StreamedLoader",
+    "SegAugment",
     "Splits",
     "available_datasets",
+    "compose_scenes",
     "epoch_generator",
     "epoch_seed",
     "hflip",

@@ -159,6 +159,13 @@ class Augment:
             x = random_flip(x, flips=params["flips"][index])
         return normalize(x, self.mean, self.std)
 
+    def apply_pair(
+        self, images: Tensor, labels: Tensor, params: dict[str, Tensor], index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`apply` with the labels passed through (the interface the engine uses for
+        every task; segmentation's :class:`~bdkd.data.SegAugment` moves its label maps)."""
+        return self.apply(images, params, index), labels
+
     def __call__(
         self, images: Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> Tensor:

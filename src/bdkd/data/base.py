@@ -22,7 +22,9 @@ class DataError(ValueError):
 
 @dataclass
 class ArraySplit:
-    """One split held in memory: ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,)."""
+    """One split held in memory: ``images`` uint8 (N, C, H, W) and ``labels``: int64 class
+    indices (N,) for classification, or uint8 label maps (N, H, W) for segmentation (class
+    per pixel, 255 for pixels to ignore)."""
 
     images: Tensor
     labels: Tensor
@@ -32,11 +34,18 @@ class ArraySplit:
             raise DataError(
                 f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
             )
-        if self.labels.shape != (self.images.shape[0],):
+        n = self.images.shape[0]
+        if self.labels.dim() == 1:
+            if self.labels.shape != (n,):
+                raise DataError(f"{n} images but labels of shape {tuple(self.labels.shape)}")
+            self.labels = self.labels.long()
+        elif self.labels.shape != (n, *self.images.shape[2:]):
             raise DataError(
-                f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
+                f"label maps must be (N, H, W) = {(n, *self.images.shape[2:])}, got "
+                f"{tuple(self.labels.shape)}"
             )
-        self.labels = self.labels.long()
+        elif self.labels.dtype != torch.uint8:
+            raise DataError(f"label maps must be uint8 (255 = ignore), got {self.labels.dtype}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -59,6 +68,9 @@ class DatasetInfo:
     flip: bool = False
     class_names: list[str] = field(default_factory=list)
     random_resized_crop: bool = False
+    task: str = "classification"
+    ignore_index: int = 255
+    scale_range: tuple[float, float] = (0.5, 2.0)
 
 
 @dataclass
@@ -178,6 +190,8 @@ def _check_labels(info: DatasetInfo, *splits: tuple[str, object]) -> None:
         if len(split) == 0:  # type: ignore[arg-type]
             raise DataError(f"{info.name}: the {split_name} split is empty")
         labels = getattr(split, "labels", None)
+        if isinstance(labels, Tensor) and labels.dim() > 1:
+            labels = labels[labels != info.ignore_index]
         if isinstance(labels, Tensor) and labels.numel():
             lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi >= info.num_classes:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -126,6 +127,36 @@ class Distiller(nn.Module):
         """Run every network once (frozen ones from ``cached`` when given) and return logits
         and named loss terms."""
         raise NotImplementedError
+
+    # dense prediction: logits (N, C, H, W), label maps (N, H, W) with an ignore index
+
+    ignore_index: int = 255
+    """Label of pixels that count nowhere (segmentation); the engine sets the dataset's."""
+
+    def as_rows(
+        self, logits: Mapping[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-row views for the objectives: classification logits (N, C) as they are; dense
+        logits (N, C, H, W) as one row per valid pixel (label != ignore_index), with those
+        pixels' labels. Logits of another resolution than the labels are first resized to it
+        (bilinear), so every objective compares teacher and student pixel by pixel."""
+        if labels.dim() == 1:
+            return dict(logits), labels
+        size = labels.shape[-2:]
+        valid = labels.reshape(-1) != self.ignore_index
+        rows = {}
+        for name, z in logits.items():
+            if z.shape[-2:] != size:
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            rows[name] = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])[valid]
+        return rows, labels.reshape(-1)[valid]
+
+    @staticmethod
+    def cross_entropy(rows: Tensor, labels: Tensor) -> Tensor:
+        """Mean cross-entropy of logit rows (a zero that keeps the graph when there are none)."""
+        if rows.shape[0] == 0:
+            return rows.sum() * 0.0
+        return F.cross_entropy(rows.float(), labels)
 
 
 DISTILLERS: dict[str, type[Distiller]] = {}

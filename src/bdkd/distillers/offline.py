@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bdkd.distillers.base import (
@@ -79,13 +78,24 @@ class OfflineDistiller(Distiller):
         cached: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
-        student, teacher = logits["student"], logits["teacher"].detach()
-        s, t = student, teacher
-        if self.logit_standardization:
-            s, t = standardize_logits(s), standardize_logits(t)
-        distill = self.objective(s, t, labels, **self.objective_kwargs)
+        if self.objective.spatial:
+            if labels.dim() == 1:
+                raise ValueError(
+                    f"objective {self.objective.name!r} distils spatial maps: it needs dense "
+                    "(N, C, H, W) logits, i.e. a segmentation dataset"
+                )
+            distill = self.objective(
+                logits["student"], logits["teacher"].detach(), labels, **self.objective_kwargs
+            )
+        rows, y = self.as_rows(logits, labels)
+        student, teacher = rows["student"], rows["teacher"].detach()
+        if not self.objective.spatial:
+            s, t = student, teacher
+            if self.logit_standardization:
+                s, t = standardize_logits(s), standardize_logits(t)
+            distill = self.objective(s, t, y, **self.objective_kwargs)
         terms = {
-            "ce": self.ce_weight * F.cross_entropy(student.float(), labels),
+            "ce": self.ce_weight * self.cross_entropy(student, y),
             self.objective.name: self.distill_weight * self.warmup_factor(epoch) * distill,
         }
         return DistillerOutput(logits=logits, losses={"student": terms})
@@ -120,5 +130,6 @@ class ScratchDistiller(Distiller):
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
         name = self.deployed
-        ce = self.ce_weight * F.cross_entropy(logits[name].float(), labels)
+        rows, y = self.as_rows(logits, labels)
+        ce = self.ce_weight * self.cross_entropy(rows[name], y)
         return DistillerOutput(logits=logits, losses={name: {"ce": ce}})

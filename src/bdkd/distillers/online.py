@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bdkd.distillers.base import (
@@ -71,13 +70,14 @@ class DMLDistiller(Distiller):
         cached: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
+        rows, y = self.as_rows(logits, labels)
         t2 = self.temperature**2
         losses = {}
-        for name, z in logits.items():
-            others = [logits[o].detach() for o in logits if o != name]
+        for name, z in rows.items():
+            others = [rows[o].detach() for o in rows if o != name]
             kl = sum(forward_kl(z, target, temperature=self.temperature) for target in others)
             losses[name] = {
-                "ce": self.ce_weight * F.cross_entropy(z.float(), labels),
+                "ce": self.ce_weight * self.cross_entropy(z, y),
                 "kl": self.kl_weight * t2 * kl / len(others),
             }
         return DistillerOutput(logits=logits, losses=losses)
@@ -132,14 +132,15 @@ class KDCLDistiller(Distiller):
         cached: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
-        target = self.ensemble_logits(logits, labels)
+        rows, y = self.as_rows(logits, labels)
+        target = self.ensemble_logits(rows, y)
         t2 = self.temperature**2
         losses = {
             name: {
-                "ce": self.ce_weight * F.cross_entropy(z.float(), labels),
+                "ce": self.ce_weight * self.cross_entropy(z, y),
                 "kd": self.kd_weight * t2 * forward_kl(z, target, temperature=self.temperature),
             }
-            for name, z in logits.items()
+            for name, z in rows.items()
         }
         return DistillerOutput(logits=logits, losses=losses)
 
@@ -213,21 +214,19 @@ class BDKDDistiller(Distiller):
         cached: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
+        rows, y = self.as_rows(logits, labels)
         t, t2 = self.temperature, self.temperature**2
         teacher_term = self.teacher_divergence
-        losses = {
-            n: {"ce": self.ce_weight * F.cross_entropy(logits[n].float(), labels)}
-            for n in self.order
-        }
+        losses = {n: {"ce": self.ce_weight * self.cross_entropy(rows[n], y)} for n in self.order}
         diagnostics = {}
         for i, name in enumerate(self.order):
-            z = logits[name]
+            z = rows[name]
             larger, smaller = self.order[:i], self.order[i + 1 :]
             if larger:
                 parts = []
                 for big in larger:
                     loss, weights = bdkd_student_loss(
-                        z, logits[big].detach(), temperature=t, return_weights=True, **self.balance
+                        z, rows[big].detach(), temperature=t, return_weights=True, **self.balance
                     )
                     parts.append(loss)
                     diagnostics[f"{name}/reverse_heavier"] = (
@@ -238,7 +237,7 @@ class BDKDDistiller(Distiller):
                 parts = []
                 for small in smaller:
                     # p = this (larger) network, q = the smaller one, detached
-                    q = logits[small].detach()
+                    q = rows[small].detach()
                     if self.teacher_divergence == "reverse_kl":  # KL(q || p)
                         parts.append(forward_kl(z, q, temperature=t))
                     else:  # KL(p || q)

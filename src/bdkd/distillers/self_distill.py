@@ -78,6 +78,8 @@ class USKDDistiller(Distiller):
     ) -> DistillerOutput:
         if cached:
             raise ValueError("USKD trains its only network, so no logits can come from a cache")
+        if labels.dim() != 1:
+            raise ValueError("USKD is a classification method; it does not take label maps")
         feature, logits = features_and_logits(self.networks["student"], inputs)
         aux = self.aux_head(feature)
         terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), labels)}

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from bdkd.config import Config, ConfigError, OptimConfig, ScheduleConfig
-from bdkd.data import Augment, DataError, InMemoryLoader, Splits, StreamedLoader, load_dataset
+from bdkd.data import (
+    Augment,
+    DataError,
+    InMemoryLoader,
+    SegAugment,
+    Splits,
+    StreamedLoader,
+    load_dataset,
+)
 from bdkd.data.base import ArraySplit
 from bdkd.distillers import Distiller, HParamError, create_distiller
 from bdkd.engine.checkpoint import CheckpointError, network_weights
@@ -57,7 +65,7 @@ def load_splits(cfg: Config) -> Splits:
     for key in ("image_size", "channels"):
         if getattr(d, key) is not None:
             options[key] = getattr(d, key)
-    if d.dataset == "image_folder":
+    if d.dataset in ("image_folder", "cityscapes", "voc", "ade20k"):
         options.setdefault("memory_limit_mb", d.memory_limit_mb)
     try:
         splits = load_dataset(
@@ -196,11 +204,21 @@ def build_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, sc, epochs, base))
 
 
-def build_augment(cfg: Config, splits: Splits) -> Augment:
+def build_augment(cfg: Config, splits: Splits) -> Augment | SegAugment:
     """Normalisation plus the dataset's (or the config's) augmentation: RandomResizedCrop
     (``data.random_resized_crop``, the default of large-image datasets) or a crop with
-    padding, and flips."""
+    padding, and flips; for segmentation the paired scale / crop / flip of image and label
+    map (:class:`~bdkd.data.SegAugment`)."""
     info, d = splits.info, cfg.data
+    if info.task == "segmentation":
+        return SegAugment(
+            info.mean,
+            info.std,
+            flip=info.flip if d.flip is None else d.flip,
+            scale_range=info.scale_range,
+            ignore_index=info.ignore_index,
+            enabled=d.augment,
+        )
     padding = info.crop_padding if d.crop_padding is None else d.crop_padding
     flip = info.flip if d.flip is None else d.flip
     rrc = info.random_resized_crop if d.random_resized_crop is None else d.random_resized_crop

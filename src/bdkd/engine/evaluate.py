@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bdkd import calibration as cal
@@ -36,11 +37,11 @@ class Evaluation:
         return metric_dict(self.accumulators[name])
 
 
-def metric_dict(acc: cal.CalibrationAccumulator) -> dict[str, float]:
+def metric_dict(acc: Any) -> dict[str, float]:
     """Every metric of ``acc``; top-5 only when there are at least 10 classes."""
     m = acc.compute()
     if acc.num_classes < 10:
-        m.pop("top5")
+        m.pop("top5", None)
     return m
 
 
@@ -55,8 +56,58 @@ class ImageTask:
         images, labels = batch
         return network(self.transform(images)), labels, None
 
-    def accumulator(self) -> cal.CalibrationAccumulator:
+    def accumulator(self, network: str = "") -> cal.CalibrationAccumulator:
         return cal.CalibrationAccumulator(self.num_classes, self.bins)
+
+
+class SegTask:
+    """Semantic segmentation: a batch is ``(images, label maps)``; logits (N, C, H, W) are
+    resized to the label maps' size (bilinear) when they differ; metrics are those of
+    :class:`bdkd.calibration.SegmentationAccumulator` over the valid pixels.
+
+    ``temperatures`` (per network) adds the metrics after temperature scaling;
+    ``sample_fraction`` keeps a uniform sample of pixel logits (to fit a temperature on)."""
+
+    def __init__(
+        self,
+        transform: Callable[[Tensor], Tensor],
+        num_classes: int,
+        bins: int,
+        ignore_index: int = 255,
+        *,
+        temperatures: Mapping[str, float] | None = None,
+        sample_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.transform, self.num_classes, self.bins = transform, num_classes, bins
+        self.ignore_index, self.temperatures = ignore_index, dict(temperatures or {})
+        self.sample_fraction, self.seed = sample_fraction, seed
+
+    def predict(self, network: nn.Module, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        images, labels = batch
+        logits = network(self.transform(images))
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(
+                logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return logits, labels.long(), None
+
+    def accumulator(self, network: str = "") -> cal.SegmentationAccumulator:
+        return cal.SegmentationAccumulator(
+            self.num_classes,
+            self.bins,
+            self.ignore_index,
+            temperature=self.temperatures.get(network),
+            sample_fraction=self.sample_fraction,
+            seed=self.seed,
+        )
+
+
+def make_task(info: Any, transform: Callable[[Tensor], Tensor], bins: int, **kwargs: Any) -> Any:
+    """The evaluation task of a dataset: :class:`ImageTask` or :class:`SegTask`."""
+    if info.task == "segmentation":
+        return SegTask(transform, info.num_classes, bins, info.ignore_index, **kwargs)
+    return ImageTask(transform, info.num_classes, bins)
 
 
 @torch.no_grad()
@@ -78,7 +129,7 @@ def evaluate_networks(
     accumulator also gets the reference's logits (agreement with it). Metrics are summed over
     processes when a process group is up; kept logits are gathered in rank order.
     """
-    accs = {n: task.accumulator() for n in networks}
+    accs = {n: task.accumulator(n) for n in networks}
     kept: dict[str, list[Tensor]] = {n: [] for n in networks}
     labels_seen: list[Tensor] = []
     for batch in batches:
@@ -163,7 +214,7 @@ def evaluate_checkpoint(
     result = evaluate_networks(
         selected,
         chosen,
-        ImageTask(lambda images: augment(images, train=False), splits.info.num_classes, bins),
+        make_task(splits.info, lambda images: augment(images, train=False), bins),
         autocast=build.autocast_factory(dev, cfg.train.precision),
         keep_logits=True,
     )

@@ -29,7 +29,7 @@ from bdkd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from bdkd.engine.evaluate import Evaluation, ImageTask, evaluate_networks
+from bdkd.engine.evaluate import Evaluation, evaluate_networks, make_task
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
 from bdkd.engine.progress import Progress, open_tensorboard
 from bdkd.engine.rundir import (
@@ -132,6 +132,7 @@ class Trainer:
         self.info = self.splits.info
         networks = build.build_networks(cfg, self.splits)
         self.distiller = build.build_distiller(cfg, networks).to(self.device)
+        self.distiller.ignore_index = self.info.ignore_index
         self.augment = build.build_augment(cfg, self.splits)
         self.loaders = build.build_loaders(
             cfg, self.splits, self.device, self.dist.rank, self.dist.world_size
@@ -202,13 +203,20 @@ class Trainer:
                             f"network {name!r} ({self.cfg.networks[name].model}) fails on this "
                             f"dataset's images {tuple(x.shape[1:])}: {first}"
                         ) from None
-                    if not (isinstance(z, Tensor) and z.shape == (count, self.info.num_classes)):
+                    dense = self.info.task == "segmentation"
+                    ok = isinstance(z, Tensor) and (
+                        z.dim() == 4 and z.shape[:2] == (count, self.info.num_classes)
+                        if dense
+                        else z.shape == (count, self.info.num_classes)
+                    )
+                    if not ok:
                         got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                        want = "(N, C, H, W)" if dense else "(N, C)"
                         raise ConfigError(
                             f"network {name!r} ({self.cfg.networks[name].model}) must return "
-                            f"logits of shape (N, {self.info.num_classes}), got {got}"
+                            f"logits of shape {want} with C = {self.info.num_classes}, got {got}"
                         )
-                out = self.distiller(x, labels.to(self.device), 0)
+                out = self.distiller(x, labels.to(self.device).long(), 0)
             if not torch.isfinite(out.total()):
                 bad = self._non_finite_terms(out)
                 raise TrainingDiverged(
@@ -223,6 +231,11 @@ class Trainer:
         path = self.cfg.train.teacher_cache
         if not path:
             return None
+        if self.info.task != "classification":
+            raise ConfigError(
+                "config key 'train.teacher_cache': the teacher-logit cache stores class logits "
+                f"per image; it is not for {self.info.task} (a logit map per image)"
+            )
         frozen = self.distiller.frozen
         if frozen != ("teacher",):
             raise ConfigError(
@@ -338,7 +351,7 @@ class Trainer:
         )
         start = time.perf_counter()
         for step, (images, labels, index) in enumerate(loader, start=1):
-            x = self.augment.apply(images, params, index)
+            x, labels = self.augment.apply_pair(images, labels, params, index)
             cached = None
             if use_cache:
                 cached = {"teacher": self.cache.read(epoch, index).to(self.device)}
@@ -410,18 +423,27 @@ class Trainer:
         )
 
     def evaluate(
-        self, loader: Any, *, networks: list[str] | None = None, keep_logits: bool = False
+        self,
+        loader: Any,
+        *,
+        networks: list[str] | None = None,
+        keep_logits: bool = False,
+        **task_options: Any,
     ) -> Evaluation:
-        """``networks`` (default: all) on ``loader``: metrics, and logits and labels if asked."""
+        """``networks`` (default: all) on ``loader``: metrics, and logits and labels if asked
+        (classification; segmentation keeps a pixel sample, ``task_options``)."""
         self.distiller.eval()
         nets = self.distiller.networks
+        if self.info.task == "segmentation":
+            task_options.setdefault("seed", self.cfg.train.seed)
         return evaluate_networks(
             {n: nets[n] for n in (networks or list(nets))},
             loader,
-            ImageTask(
+            make_task(
+                self.info,
                 lambda images: self.augment(images, train=False),
-                self.info.num_classes,
                 self.cfg.eval.bins,
+                **task_options,
             ),
             autocast=self._autocast,
             keep_logits=keep_logits,
@@ -494,13 +516,13 @@ class Trainer:
             self.tensorboard.add_scalar(f"train/{key}", value, step)
         for net, metrics in record["val"].items():
             for key, value in metrics.items():
-                self.tensorboard.add_scalar(f"val/{net}/{key}", value, step)
+                if isinstance(value, (int, float)):  # per-class lists stay in metrics.jsonl
+                    self.tensorboard.add_scalar(f"val/{net}/{key}", value, step)
         self.tensorboard.flush()
 
-    def finish(self) -> dict[str, Any]:
-        """Test metrics for every network, temperature fitted on val, summary and report."""
-        from bdkd import report
-
+    def _test_results(self) -> tuple[dict[str, dict[str, Any]], dict[str, tuple], dict[str, Any]]:
+        """Classification: every network on test; a temperature fitted on val's kept logits.
+        Returns (results, what each prediction file holds, reliability panels)."""
         trained = [n for n in self.distiller.networks if n in self.distiller.trainable]
         val = None
         if self.loaders.val is not None:
@@ -510,7 +532,7 @@ class Trainer:
             val_labels = now.labels if trained else frozen.labels
         test = self.evaluate(self.loaders.test, keep_logits=True)
         test_logits, test_labels = test.logits, test.labels
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
         for name in self.distiller.networks:
             m = test.metrics(name)
             if self.cfg.eval.temperature_scaling and val is not None:
@@ -522,6 +544,56 @@ class Trainer:
                 )
                 m.update(temperature=t, ece_after_ts=scaled["ece"], nll_after_ts=scaled["nll"])
             results[name] = m
+        predictions = {
+            n: (
+                test_logits[n],
+                test_labels,
+                None if val is None else val[n],
+                None if val is None else val_labels,
+            )
+            for n in results
+        }
+        panels = {n: (torch.softmax(test_logits[n].double(), 1), test_labels) for n in results}
+        return results, predictions, panels
+
+    SAMPLE_PIXELS = 200_000
+    """Segmentation: the temperature is fitted on a uniform sample of about this many
+    validation pixels, and as many test pixels are saved with the predictions."""
+
+    def _test_results_dense(
+        self,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple], dict[str, Any]]:
+        """Segmentation: pixel metrics of every network on test, streamed; a temperature per
+        network fitted on a pixel sample of val, and the metrics after it streamed too."""
+        pixels = self.info.image_size**2
+
+        def fraction(split: Any) -> float:
+            return min(1.0, self.SAMPLE_PIXELS / max(1, len(split) * pixels))
+
+        temperatures: dict[str, float] = {}
+        val_samples: dict[str, tuple] = {}
+        if self.loaders.val is not None:
+            val = self.evaluate(self.loaders.val, sample_fraction=fraction(self.splits.val))
+            for name, acc in val.accumulators.items():
+                val_samples[name] = acc.sample()
+                if self.cfg.eval.temperature_scaling:
+                    temperatures[name] = cal.fit_temperature(*val_samples[name])
+        test = self.evaluate(
+            self.loaders.test, sample_fraction=fraction(self.splits.test), temperatures=temperatures
+        )
+        results = {n: test.metrics(n) for n in self.distiller.networks}
+        predictions = {
+            n: (*test.accumulators[n].sample(), *val_samples.get(n, (None, None))) for n in results
+        }
+        panels = {n: test.accumulators[n].reliability() for n in results}
+        return results, predictions, panels
+
+    def finish(self) -> dict[str, Any]:
+        """Test metrics for every network, temperature fitted on val, summary and report."""
+        from bdkd import report
+
+        dense = self.info.task == "segmentation"
+        results, predictions, panels = self._test_results_dense() if dense else self._test_results()
         metrics_path = self.run_dir / "metrics.jsonl"
         history = (
             [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -531,6 +603,7 @@ class Trainer:
         summary = {
             "method": self.cfg.method_name,
             "dataset": self.info.name,
+            "task": self.info.task,
             "seed": self.cfg.train.seed,
             "epochs": self.cfg.train.epochs,
             "deployed": self.distiller.deployed,
@@ -543,21 +616,15 @@ class Trainer:
             "seconds_per_epoch": sum(r["seconds"] for r in history) / max(1, len(history)),
             "results": results,
         }
+        if dense:
+            summary["class_names"] = list(self.info.class_names)
         if self.is_main:
             pred_dir = self.run_dir / "predictions"
             pred_dir.mkdir(exist_ok=True)
-            for name in results:
-                report.save_predictions(
-                    pred_dir / f"{name}.npz",
-                    test_logits[name],
-                    test_labels,
-                    None if val is None else val[name],
-                    None if val is None else val_labels,
-                )
+            for name, arrays in predictions.items():
+                report.save_predictions(pred_dir / f"{name}.npz", *arrays)
             write_json(self.run_dir / "summary.json", summary)
-            report.write_run_report(
-                self.run_dir, summary, {n: (test_logits[n], test_labels) for n in results}
-            )
+            report.write_run_report(self.run_dir, summary, panels)
             if self.tensorboard is not None:
                 self.tensorboard.close()
         distributed.barrier()

@@ -335,7 +335,7 @@ class LMTask:
         out = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.logits[:, :-1], batch.input_ids[:, 1:], batch.target_mask()
 
-    def accumulator(self) -> TokenMetrics:
+    def accumulator(self, network: str = "") -> TokenMetrics:
         return TokenMetrics(n_bins=self.bins)
 
 

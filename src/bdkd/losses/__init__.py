@@ -7,6 +7,7 @@ Importing this package registers every offline objective (see :mod:`.registry`).
 from bdkd.losses.abkd import abkd_loss
 from bdkd.losses.bdd import bdd_loss
 from bdkd.losses.bdkd import bdkd_student_loss, bdkd_weights, entropy_gap_weights
+from bdkd.losses.cwd import cwd_loss
 from bdkd.losses.dist import dist_loss
 from bdkd.losses.dkd import dkd_loss
 from bdkd.losses.kd import kd_loss
@@ -22,6 +23,7 @@ __all__ = [
     "bdd_loss",
     "bdkd_student_loss",
     "bdkd_weights",
+    "cwd_loss",
     "dist_loss",
     "dkd_loss",
     "entropy_gap_weights",

@@ -26,6 +26,9 @@ class Objective:
     fn: ObjectiveFn
     needs_target: bool
     warmup_epochs: int = 0
+    spatial: bool = False
+    """True for objectives on whole (N, C, H, W) maps (CWD); the others take rows (N, C),
+    one per sample or, for segmentation, one per valid pixel."""
     hparams: dict[str, object] = field(default_factory=dict)
     required: tuple[str, ...] = ()
 
@@ -50,9 +53,10 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(
-    name: str, *, warmup_epochs: int = 0
+    name: str, *, warmup_epochs: int = 0, spatial: bool = False
 ) -> Callable[[ObjectiveFn], ObjectiveFn]:
-    """Register ``fn`` under ``name``; ``warmup_epochs`` is the paper's linear warm-up."""
+    """Register ``fn`` under ``name``; ``warmup_epochs`` is the paper's linear warm-up;
+    ``spatial`` marks an objective that takes whole (N, C, H, W) maps."""
 
     def decorate(fn: ObjectiveFn) -> ObjectiveFn:
         if name in OBJECTIVES:
@@ -76,6 +80,7 @@ def register_objective(
             fn=fn,
             needs_target=len(positional) >= 3,
             warmup_epochs=warmup_epochs,
+            spatial=spatial,
             hparams=hparams,
             required=required,
         )

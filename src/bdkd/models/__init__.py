@@ -4,7 +4,15 @@
 (see :mod:`bdkd.models.base`).
 """
 
-from bdkd.models import mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401  (register)
+from bdkd.models import (  # noqa: F401  (register the models)
+    mobilenetv2,
+    resnet,
+    segmentation,
+    shufflenet,
+    small,
+    vgg,
+    wrn,
+)
 from bdkd.models.base import (
     MODELS,
     ZooModel,

@@ -34,12 +34,14 @@ class BasicBlock(nn.Module):
 class CifarResNet(ZooModel):
     """ResNet for 32x32 inputs with ``filters = [stem, stage1, stage2, stage3]``."""
 
-    def __init__(self, depth: int, filters: list[int], num_classes: int = 100) -> None:
+    def __init__(
+        self, depth: int, filters: list[int], num_classes: int = 100, in_channels: int = 3
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, filters[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(filters[0])
         in_planes = filters[0]
         layers = []
@@ -54,6 +56,11 @@ class CifarResNet(ZooModel):
         self.num_classes, self.feature_dim = num_classes, filters[2]
         init_weights(self)
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output (N, filters[3], H / 4, W / 4): what segmentation heads read."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
     def stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer1(x)
@@ -61,10 +68,15 @@ class CifarResNet(ZooModel):
         return middle, flatten_pool(self.layer3(middle))
 
 
+RESNET_FILTERS: dict[str, tuple[int, list[int]]] = {}
+
+
 def _register(depth: int, filters: list[int], suffix: str = "") -> None:
+    RESNET_FILTERS[f"resnet{depth}{suffix}"] = (depth, filters)
+
     @register_model(f"resnet{depth}{suffix}")
-    def build(num_classes: int = 100) -> CifarResNet:
-        return CifarResNet(depth, filters, num_classes)
+    def build(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+        return CifarResNet(depth, filters, num_classes, in_channels)
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
