@@ -371,6 +371,10 @@ def test_lr_factor_schedules():
     expected = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
     assert values == pytest.approx(expected)  # floor min_lr / lr = 0.1, never below
     assert min(lr_factor(e, cos, 4, 0.1) for e in range(4)) > 0.1
+    poly = ScheduleConfig(name="poly", power=0.9)
+    assert [lr_factor(e, poly, 4, 0.1) for e in range(4)] == pytest.approx(
+        [(1 - e / 4) ** 0.9 for e in range(4)]
+    )
 
 
 def test_optimizers_and_their_options():

@@ -252,6 +252,16 @@ def test_weights_are_read_safely_mapped_and_mismatches_listed(nets, tmp_path):
         load_weights(target, tmp_path / "wider.pt")
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "ckpt.pth")
     load_weights(target, tmp_path / "ckpt.pth")
+    # a pre-trained backbone under a new head: not strict, the head stays as it was
+    partial = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    partial["fc.weight"] = torch.zeros(2, 2)  # e.g. an ImageNet classifier
+    torch.save(partial, tmp_path / "backbone.pt")
+    fresh = create_model("mynets:tiny", 3, width=4)
+    head = fresh.head.weight.clone()
+    notes = load_weights(fresh, tmp_path / "backbone.pt", strict=False)
+    assert "2 keys of the network are not in the file" in notes[0] and "fc.weight" in notes[1]
+    assert torch.equal(fresh.head.weight, head)
+    assert torch.equal(fresh.body[0].weight, source.body[0].weight)
     marker = tmp_path / "PWNED"
 
     class Payload:

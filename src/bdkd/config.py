@@ -87,9 +87,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = spec("multistep", choices=("multistep", "cosine", "constant"))
+    name: str = spec("multistep", choices=("multistep", "cosine", "poly", "constant"))
     milestones: list[int] = spec(default_factory=lambda: [150, 180, 210], items={"ge": 0})
     gamma: float = spec(0.1, gt=0)
+    power: float = spec(0.9, gt=0)
     warmup_epochs: int = spec(0, ge=0)
     min_lr: float = spec(0.0, ge=0)
 
@@ -102,6 +103,7 @@ class NetworkConfig:
     weights: str | None = None
     weights_prefix: str | None = None
     weights_map: dict[str, str] = field(default_factory=dict)
+    weights_strict: bool = True
     feature_layer: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)

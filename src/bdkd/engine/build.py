@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,14 +120,17 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
                 raise ConfigError(f"config key '{key}.feature_layer': {first}") from None
         if net_cfg.weights:
             try:
-                load_weights(
+                notes = load_weights(
                     net,
                     net_cfg.weights,
                     strip_prefix=net_cfg.weights_prefix,
                     rename=net_cfg.weights_map,
+                    strict=net_cfg.weights_strict,
                 )
             except WeightsError as err:
                 raise ConfigError(f"config key '{key}.weights': {err}") from None
+            for note in notes:
+                print(f"{key}.weights (not strict): {note}", file=sys.stderr)
         if net_cfg.checkpoint:
             try:
                 weights, _ = network_weights(net_cfg.checkpoint, net_cfg.checkpoint_network)
@@ -182,17 +186,23 @@ def lr_factor(epoch: int, sc: ScheduleConfig, epochs: int, base_lr: float) -> fl
     """Multiplier of the base learning rate during epoch ``epoch`` (0-based).
 
     Linear warm-up over ``warmup_epochs``, then ``multistep`` (times ``gamma`` at each
-    milestone), ``cosine`` (down to ``min_lr``) or ``constant``.
+    milestone), ``cosine`` (down to ``min_lr``), ``poly`` (``(1 - progress)^power`` down to
+    ``min_lr``, the segmentation recipe) or ``constant``.
     """
     if sc.warmup_epochs and epoch < sc.warmup_epochs:
         return (epoch + 1) / sc.warmup_epochs
     if sc.name == "multistep":
         return sc.gamma ** sum(epoch >= m for m in sc.milestones)
-    if sc.name == "cosine":
+    if sc.name in ("cosine", "poly"):
         span = max(1, epochs - sc.warmup_epochs)
         progress = (epoch - sc.warmup_epochs) / span
         floor = sc.min_lr / base_lr if base_lr > 0 else 0.0
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        shape = (
+            0.5 * (1 + math.cos(math.pi * progress))
+            if sc.name == "cosine"
+            else (1 - progress) ** sc.power
+        )
+        return floor + (1 - floor) * shape
     return 1.0
 
 

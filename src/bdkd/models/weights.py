@@ -99,9 +99,13 @@ def _short(items: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def load_into(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
-    """Load ``state`` into ``model`` strictly; a mismatch is one message listing the missing
-    and unexpected keys and the shape differences."""
+def load_into(
+    model: nn.Module, state: Mapping[str, Tensor], where: str, *, strict: bool = True
+) -> list[str]:
+    """Load ``state`` into ``model``; a mismatch is one message listing the missing and
+    unexpected keys and the shape differences. With ``strict=False`` (a pre-trained backbone
+    under a new head) missing and unexpected keys are allowed and returned as notes, shape
+    differences are still errors."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -110,6 +114,19 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None
         for k in set(own) & set(state)
         if tuple(state[k].shape) != tuple(own[k].shape)
     )
+    if not strict and not shapes:
+        with torch.no_grad():
+            model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        notes = []
+        if missing:
+            notes.append(
+                f"{len(missing)} keys of the network are not in the file: {_short(missing)}"
+            )
+        if unexpected:
+            notes.append(
+                f"{len(unexpected)} keys of the file are not in the network: {_short(unexpected)}"
+            )
+        return notes
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -124,6 +141,7 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None
         raise WeightsError(f"{where} does not fit the network: " + "; ".join(parts) + hint)
     with torch.no_grad():
         model.load_state_dict(dict(state), strict=True)
+    return []
 
 
 def load_weights(
@@ -132,8 +150,9 @@ def load_weights(
     *,
     strip_prefix: str | None = None,
     rename: Mapping[str, str] | None = None,
-) -> nn.Module:
-    """Read ``path`` (see :func:`read_state_dict`), map its keys and load it into ``model``."""
+    strict: bool = True,
+) -> list[str]:
+    """Read ``path`` (see :func:`read_state_dict`), map its keys and load it into ``model``;
+    returns the notes of a non-strict load (keys left as they were, keys not used)."""
     state = rename_keys(read_state_dict(path), strip_prefix=strip_prefix, rename=rename)
-    load_into(model, state, f"weights file {path}")
-    return model
+    return load_into(model, state, f"weights file {path}", strict=strict)
