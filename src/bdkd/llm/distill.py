@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.llm.fused import fused_linear_divergence, postprocess
+from bdkd.llm.fused import fused_linear_divergence, fused_linear_topk_divergence
 
 
 def logit_postprocessing(model: nn.Module) -> tuple[float, float | None]:
@@ -50,11 +49,21 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return decoder, head
 
 
+@dataclass
+class TopKTeacher:
+    """A teacher given by its top-k cache for the valid tokens of a batch (row-major): token
+    ids (M, k), their log-probabilities (M, k) and the log of the remaining mass (M,)."""
+
+    ids: Tensor
+    log_probs: Tensor
+    tail_log_mass: Tensor
+
+
 def distill_hidden(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     student_hidden: Tensor,
-    teacher_hidden: Tensor,
+    teacher_hidden: Tensor | None,
     mask: Tensor,
     *,
     objective: str,
@@ -62,21 +71,23 @@ def distill_hidden(
     params: dict[str, float],
     normalizer: float | None = None,
     chunk_size: int = 1024,
+    ce_labels: Tensor | None = None,
+    ce_weight: float = 0.0,
+    divergence_weight: float = 1.0,
+    stats: dict[str, Tensor] | None = None,
+    cached: TopKTeacher | None = None,
 ) -> Tensor:
     """The token objective between two causal LMs given their final hidden states (B, T, H)
     at the positions of ``mask``, through both LM heads by the fused path (each model's own
-    logit post-processing applied); mean over the valid tokens, or their sum divided by
-    ``normalizer``. Shared by :class:`CausalLMDistiller` and the trainer adapters."""
+    logit post-processing applied); or against a cached top-k teacher (``cached``, no
+    teacher model needed). Mean over the valid tokens, or their sum divided by
+    ``normalizer``. With ``ce_labels`` the student's cross-entropy (times ``ce_weight``) is
+    added in the same pass and reported in ``stats``. Shared by :class:`CausalLMDistiller`
+    and the trainer adapters."""
     _, s_head = decoder_and_head(student)
-    _, t_head = decoder_and_head(teacher)
-    s_post, t_post = logit_postprocessing(student), logit_postprocessing(teacher)
-    return fused_linear_divergence(
-        student_hidden,
-        s_head.weight,
-        teacher_hidden=teacher_hidden.to(student_hidden.device),
-        teacher_weight=t_head.weight,
+    s_post = logit_postprocessing(student)
+    common = dict(
         bias=s_head.bias,
-        teacher_bias=t_head.bias,
         mask=mask,
         objective=objective,
         temperature=temperature,
@@ -85,9 +96,32 @@ def distill_hidden(
         chunk_size=chunk_size,
         logit_scale=s_post[0],
         logit_softcap=s_post[1],
+        ce_labels=ce_labels,
+        ce_weight=ce_weight,
+        divergence_weight=divergence_weight,
+        stats=stats,
+        **params,
+    )
+    if cached is not None:
+        return fused_linear_topk_divergence(
+            student_hidden,
+            s_head.weight,
+            cached.ids.to(student_hidden.device),
+            cached.log_probs.to(student_hidden.device),
+            cached.tail_log_mass.to(student_hidden.device),
+            **common,
+        )
+    _, t_head = decoder_and_head(teacher)
+    t_post = logit_postprocessing(teacher)
+    return fused_linear_divergence(
+        student_hidden,
+        s_head.weight,
+        teacher_hidden=teacher_hidden.to(student_hidden.device),
+        teacher_weight=t_head.weight,
+        teacher_bias=t_head.bias,
         teacher_logit_scale=t_post[0],
         teacher_logit_softcap=t_post[1],
-        **params,
+        **common,
     )
 
 
@@ -137,44 +171,52 @@ class CausalLMDistiller(nn.Module):
         self.teacher.eval()
         return self
 
-    def forward(self, batch: LMBatch, normalizer: float | None = None) -> dict[str, Tensor]:
-        """Named loss terms of ``batch``; ``normalizer`` divides token sums (accumulation)."""
+    def forward(
+        self,
+        batch: LMBatch,
+        normalizer: float | None = None,
+        cached: TopKTeacher | None = None,
+    ) -> dict[str, Tensor]:
+        """Named loss terms of ``batch``; ``normalizer`` divides token sums (accumulation);
+        ``cached`` replaces the teacher by its top-k cache for this batch's target tokens.
+
+        The student's cross-entropy (``ce_weight``) is computed in the fused pass too; the
+        terms are ``{objective, "ce"}`` whose sum is the loss (the gradient of both flows
+        through the objective's entry; ``ce`` is its detached part, for logging)."""
         mask = batch.target_mask()
-        s_decoder, s_head = decoder_and_head(self.student)
-        t_decoder, _ = decoder_and_head(self.teacher)
-        with torch.no_grad():
-            t_hidden = t_decoder(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).last_hidden_state[:, :-1]
+        s_decoder, _ = decoder_and_head(self.student)
+        t_hidden = None
+        if cached is None:
+            t_decoder, _ = decoder_and_head(self.teacher)
+            with torch.no_grad():
+                t_hidden = t_decoder(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                ).last_hidden_state[:, :-1]
         s_hidden = s_decoder(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).last_hidden_state[:, :-1]
-        terms = {
-            self.objective: self.distill_weight
-            * distill_hidden(
-                self.student,
-                self.teacher,
-                s_hidden,
-                t_hidden,
-                mask,
-                objective=self.objective,
-                temperature=self.temperature,
-                params=self.params,
-                normalizer=normalizer,
-                chunk_size=self.chunk_size,
-            )
-        }
-        if self.ce_weight:
-            logits = postprocess(
-                s_head(s_hidden[mask]).float(), *logit_postprocessing(self.student)
-            )
-            ce = F.cross_entropy(logits, batch.input_ids[:, 1:][mask], reduction="sum")
-            terms["ce"] = (
-                self.ce_weight
-                * ce
-                / (normalizer if normalizer is not None else max(int(mask.sum()), 1))
-            )
-        return terms
+        stats: dict[str, Tensor] = {}
+        total = distill_hidden(
+            self.student,
+            self.teacher,
+            s_hidden,
+            t_hidden,
+            mask,
+            objective=self.objective,
+            temperature=self.temperature,
+            params=self.params,
+            normalizer=normalizer,
+            chunk_size=self.chunk_size,
+            ce_labels=batch.input_ids[:, 1:] if self.ce_weight else None,
+            ce_weight=self.ce_weight,
+            divergence_weight=self.distill_weight,
+            stats=stats,
+            cached=cached,
+        )
+        if not self.ce_weight:
+            return {self.objective: total}
+        ce = stats.get("ce", torch.zeros((), device=total.device))
+        return {self.objective: total - ce, "ce": ce}
 
 
 def accumulate_step(

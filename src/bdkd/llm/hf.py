@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bdkd.llm.distill import decoder_and_head, distill_hidden, logit_postprocessing
@@ -117,14 +116,14 @@ class DistillTrainer(_base_trainer()):  # type: ignore[misc]
         target = target & attention[:, 1:].bool()
         s_hidden = _hidden_through_forward(model, input_ids, attention)[:, :-1]
         unwrapped = self.accelerator.unwrap_model(model)
-        _, s_head = decoder_and_head(unwrapped)
         t_decoder, _ = decoder_and_head(self.teacher_model)
         with torch.no_grad():
             t_hidden = t_decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state[
                 :, :-1
             ]
         normalizer = None if num_items_in_batch is None else float(num_items_in_batch)
-        distill = distill_hidden(
+        stats: dict[str, Tensor] = {}
+        loss = distill_hidden(
             unwrapped,
             self.teacher_model,
             s_hidden,
@@ -135,15 +134,12 @@ class DistillTrainer(_base_trainer()):  # type: ignore[misc]
             params=self.objective_params,
             normalizer=normalizer,
             chunk_size=self.chunk_size,
+            ce_labels=input_ids[:, 1:] if self.ce_weight else None,
+            ce_weight=self.ce_weight,
+            divergence_weight=self.distill_weight,
+            stats=stats,
         )
-        loss = self.distill_weight * distill
-        terms = {self.objective: float(loss.detach())}
-        if self.ce_weight:
-            z = postprocess(s_head(s_hidden[target]).float(), *logit_postprocessing(unwrapped))
-            ce = F.cross_entropy(z, input_ids[:, 1:][target], reduction="sum")
-            ce = ce / (normalizer if normalizer is not None else max(int(target.sum()), 1))
-            loss = loss + self.ce_weight * ce
-            terms["ce"] = float(self.ce_weight * ce.detach())
+        terms = {k if k == "ce" else self.objective: float(v) for k, v in stats.items()}
         for k, v in terms.items():
             self._terms.setdefault(k, []).append(v)
         return (loss, None) if return_outputs else loss
