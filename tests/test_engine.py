@@ -14,6 +14,7 @@ import torch
 
 from bdkd.cli import main
 from bdkd.distillers import available_methods
+from bdkd.losses.registry import OBJECTIVES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
 FAST = ["train.epochs=1", "train.progress=false", "data.batch_size=128"]
@@ -50,7 +51,12 @@ def _check_run_dir(run: Path, method: str):
     return summary, record
 
 
-CONFIG_OF = {m: m for m in available_methods() if m != "offline"}
+CONFIG_OF = {m: m for m in available_methods() if (CONFIGS / f"{m}.yaml").is_file()}
+
+
+def test_every_classification_method_has_a_digits_config():
+    spatial = {m for m in OBJECTIVES if OBJECTIVES[m].spatial}
+    assert set(available_methods()) - set(CONFIG_OF) == {"offline"} | spatial
 
 
 @pytest.mark.parametrize("method", sorted(CONFIG_OF))

@@ -534,3 +534,14 @@ def test_demo_force_never_replaces_the_current_directory(tmp_path, capsys, monke
     before = digest(tmp_path)
     fails(["demo", "--no-install", "--force", "--out", "."], capsys, "refusing to replace")
     assert digest(tmp_path) == before
+
+
+def test_a_model_of_the_other_task_is_refused_before_training(tmp_path, capsys):
+    run = tmp_path / "run"
+    fails(
+        ["train", CONFIGS / "scratch.yaml", *FAST, "networks.student.model=seg_unet", "--out", run],
+        capsys,
+        "networks.student.model",
+        "segmentation model",
+    )
+    assert not run.exists()

@@ -328,8 +328,9 @@ def test_zipf_reference_ranking_differs_from_the_paper_wording():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_finite_gradients_at_extreme_logits(name, dtype):
     g = torch.Generator().manual_seed(3)
-    s = (torch.randint(-1, 2, (N, C), generator=g) * 1e4).to(dtype).requires_grad_()
-    t = (torch.randint(-1, 2, (N, C), generator=g) * 1e4).to(dtype)
+    shape = (N, C, 3, 2) if OBJECTIVES[name].spatial else (N, C)
+    s = (torch.randint(-1, 2, shape, generator=g) * 1e4).to(dtype).requires_grad_()
+    t = (torch.randint(-1, 2, shape, generator=g) * 1e4).to(dtype)
     kwargs = {"alpha": 0.8, "beta": 0.3} if name == "abkd" else {}
     value = get_objective(name)(s, t, Y, **kwargs)
     assert torch.isfinite(value), name

@@ -44,7 +44,7 @@ def test_parameter_counts_match_the_published_table(name):
     assert round(count_parameters(create_model(name, 100)) / 1e6, 2) == ROUNDED_MILLIONS[name]
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("classification"))
 def test_every_model_runs_forward_and_backward_with_features(name):
     size = model_input_size(name)
     channels = 3 if size == 32 else 1
@@ -59,6 +59,23 @@ def test_every_model_runs_forward_and_backward_with_features(name):
     torch.testing.assert_close(model(x), logits)
     (logits.sum() + feature.sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", available_models("segmentation"))
+def test_every_segmentation_model_maps_pixels_to_class_logits(name):
+    torch.manual_seed(0)
+    model = create_model(name, 5)
+    x = torch.randn(2, 3, 48, 40)
+    logits = model(x)
+    assert logits.shape == (2, 5, 48, 40)
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_models_are_listed_by_task():
+    seg, cls = set(available_models("segmentation")), set(available_models("classification"))
+    assert "seg_unet" in seg and "resnet8x4" in cls and not seg & cls
+    assert seg | cls == set(available_models())
 
 
 def test_small_cnn_sizes_and_other_inputs():

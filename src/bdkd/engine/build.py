@@ -100,13 +100,18 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
     for name, net_cfg in cfg.networks.items():
         kwargs = dict(net_cfg.kwargs)
         entry = MODELS.get(net_cfg.model)
+        key = f"networks.{name}"
+        if entry is not None and entry.task != info.task:
+            raise ConfigError(
+                f"config key '{key}.model': {net_cfg.model!r} is a {entry.task} model and "
+                f"dataset {cfg.data.dataset!r} is a {info.task} task"
+            )
         if entry is not None:
             params = inspect.signature(entry.factory).parameters
             if "in_channels" in params:
                 kwargs.setdefault("in_channels", info.channels)
             if "in_features" in params:
                 kwargs.setdefault("in_features", info.channels * info.image_size**2)
-        key = f"networks.{name}"
         try:
             net = create_model(net_cfg.model, info.num_classes, **kwargs)
         except (ValueError, TypeError, ImportError) as err:

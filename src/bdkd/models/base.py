@@ -42,32 +42,38 @@ ModelFactory = Callable[..., nn.Module]
 
 
 class _Entry:
-    def __init__(self, factory: ModelFactory, input_size: int) -> None:
-        self.factory, self.input_size = factory, input_size
+    def __init__(self, factory: ModelFactory, input_size: int, task: str) -> None:
+        self.factory, self.input_size, self.task = factory, input_size, task
 
 
 MODELS: dict[str, _Entry] = {}
 
 
-def register_model(name: str, *, input_size: int = 32) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(
+    name: str, *, input_size: int = 32, task: str = "classification"
+) -> Callable[[ModelFactory], ModelFactory]:
     """Register a factory ``fn(num_classes, **kwargs) -> nn.Module`` under ``name``.
 
     ``input_size`` is the image side the model is built for (32 for the CIFAR zoo, 28 for
-    the Fashion-MNIST/MNIST CNNs, 8 for the digits MLP).
+    the Fashion-MNIST/MNIST CNNs, 8 for the digits MLP). ``task`` is ``classification``
+    (logits (N, C) and ``forward_with_features``) or ``segmentation`` (logits (N, C, H, W)).
     """
+    if task not in ("classification", "segmentation"):
+        raise ValueError(f"task must be classification or segmentation, got {task!r}")
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = _Entry(factory, input_size)
+        MODELS[name] = _Entry(factory, input_size, task)
         return factory
 
     return decorate
 
 
-def available_models() -> list[str]:
-    """Names accepted by :func:`create_model` (plus ``timm:<name>`` and ``torchvision:<name>``)."""
-    return sorted(MODELS)
+def available_models(task: str | None = None) -> list[str]:
+    """Names accepted by :func:`create_model` (plus ``timm:<name>`` and ``torchvision:<name>``),
+    only those of ``task`` when given."""
+    return sorted(n for n, e in MODELS.items() if task is None or e.task == task)
 
 
 def model_input_size(name: str) -> int | None:

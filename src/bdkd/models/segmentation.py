@@ -136,7 +136,7 @@ class UNet(nn.Module):
         return self.classifier(self.dec1(torch.cat([up, e1], 1)))
 
 
-@register_model("seg_unet", input_size=64)
+@register_model("seg_unet", input_size=64, task="segmentation")
 def seg_unet(num_classes: int = 11, width: int = 8, in_channels: int = 3) -> UNet:
     """The small U-Net at any ``width``."""
     if width < 1:
@@ -147,7 +147,7 @@ def seg_unet(num_classes: int = 11, width: int = 8, in_channels: int = 3) -> UNe
 def _register_cifar(head_name: str, head_cls: type, resnet: str) -> None:
     depth, filters = RESNET_FILTERS[resnet]
 
-    @register_model(f"seg_{head_name}_{resnet}", input_size=64)
+    @register_model(f"seg_{head_name}_{resnet}", input_size=64, task="segmentation")
     def build(num_classes: int = 11, in_channels: int = 3, channels: int = 64) -> SegmentationNet:
         backbone = _CifarBackbone(CifarResNet(depth, filters, 2, in_channels))
         net = SegmentationNet(backbone, head_cls(filters[3], num_classes, channels), num_classes)
@@ -259,7 +259,7 @@ IMAGENET_RESNETS = {"resnet18": (_Basic, [2, 2, 2, 2]), "resnet101": (_Bottlenec
 def _register_imagenet(head_name: str, head_cls: type, resnet: str) -> None:
     block, layers = IMAGENET_RESNETS[resnet]
 
-    @register_model(f"{head_name}_{resnet}", input_size=512)
+    @register_model(f"{head_name}_{resnet}", input_size=512, task="segmentation")
     def build(num_classes: int = 19, in_channels: int = 3, channels: int = 512) -> SegmentationNet:
         backbone = DilatedResNet(block, layers, in_channels)
         net = SegmentationNet(
