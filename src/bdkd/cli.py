@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -232,24 +233,53 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_llm_distill(args: argparse.Namespace) -> int:
+    from bdkd.engine.distributed import destroy
     from bdkd.llm.run import load_llm_config, run_llm_distill
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1:
+        return _relaunch_distributed(args.argv, args.nproc)
     cfg, run_dir, resume = _run_target(args, load_llm_config)
     if resume:
         summary = run_llm_distill(cfg, run_dir, resume=True)
     else:
         summary = run_llm_distill(cfg, run_dir, force=args.force, protect=(args.config,))
+    destroy()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     r = summary["results"]["student"]
     objective = summary["objective"]
     if summary.get("effective_objective", objective) != objective:
         objective += f" (= {summary['effective_objective']})"
-    print(
-        f"{objective}: perplexity {r['perplexity']:.2f}, next-token accuracy {100 * r['accuracy']:.2f} %, "
-        f"token ECE {100 * r['ece']:.2f} %, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}, teacher top-1 agreement "
-        f"{100 * r['teacher_top1_agreement']:.2f} %, ROUGE-L vs teacher {r['rouge_l_vs_teacher']:.3f}"
+    line = (
+        f"{objective}: perplexity {r['perplexity']:.2f}, next-token accuracy "
+        f"{100 * r['accuracy']:.2f} %, token ECE {100 * r['ece']:.2f} %, NLL {r['nll']:.4f}, "
+        f"Brier {r['brier']:.4f}"
     )
+    if "teacher_top1_agreement" in r:
+        line += f", teacher top-1 agreement {100 * r['teacher_top1_agreement']:.2f} %"
+    if "rouge_l_vs_teacher" in r:
+        line += f", ROUGE-L vs teacher {r['rouge_l_vs_teacher']:.3f}"
+    print(line)
     student = f"; the student is in {summary['student_dir']}" if "student_dir" in summary else ""
     print(f"run written to {run_dir}{student}")
+    return 0
+
+
+def _cmd_llm_cache_teacher(args: argparse.Namespace) -> int:
+    from bdkd.llm.run import cache_teacher, load_llm_config
+
+    cfg = load_llm_config(args.config, args.overrides)
+    meta = cache_teacher(
+        cfg, args.out, k=args.k, force=args.force, batch=args.batch, protect=(args.config,)
+    )
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
+    print(
+        f"teacher cache written to {args.out}: top-{meta['k']} of {meta['tokens']} target "
+        f"tokens, {meta['bytes_per_token']} bytes per token ({size / 2**20:.1f} MiB); use it "
+        f"with train.teacher_cache={args.out}"
+    )
     return 0
 
 
@@ -434,7 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--resume", metavar="RUN_DIR")
     llm.add_argument("--force", action="store_true")
     llm.add_argument("--out")
+    llm.add_argument(
+        "--nproc",
+        type=int,
+        help="run in N processes (torch.distributed.run): DDP, or FSDP2 with train.parallel=fsdp",
+    )
     llm.set_defaults(func=_cmd_llm_distill)
+
+    cache = sub.add_parser(
+        "llm-cache-teacher",
+        help="compute an LLM teacher's top-k next-token distributions once, for train.teacher_cache",
+        description="Run the teacher of CONFIG over every target token of its train/val/test "
+        "splits and write its top-k token ids, log-probabilities and tail mass to --out "
+        "(memory-mapped; 6k+2 bytes per token). A run with train.teacher_cache=OUT then "
+        "never loads the teacher; the cache is refused if teacher, tokenizer or data differ.",
+    )
+    cache.add_argument("config")
+    cache.add_argument("overrides", nargs="*")
+    cache.add_argument("--out", required=True, help="the cache directory")
+    cache.add_argument("--k", type=int, default=128, help="tokens kept per position (128)")
+    cache.add_argument("--batch", type=int, help="texts per teacher forward (train.eval_batch)")
+    cache.add_argument("--force", action="store_true", help="replace --out (a bdkd cache)")
+    cache.set_defaults(func=_cmd_llm_cache_teacher)
 
     exp = sub.add_parser(
         "export",
@@ -512,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
-    if getattr(args, "command", None) in ("train", "demo", "llm-distill"):
+    if getattr(args, "command", None) in ("train", "demo", "llm-distill", "llm-cache-teacher"):
         overrides = [a for a in extra if "=" in a and not a.startswith("-")]
         args.overrides = [*args.overrides, *overrides]
         extra = [a for a in extra if a not in overrides]

@@ -124,9 +124,10 @@ def evaluate_networks(
     metrics: the one evaluation loop of training, ``bdkd eval`` and the LLM side.
 
     ``task`` turns a batch into ``(logits (..., C), labels (...), mask or None)`` per network
-    (``predict``) and makes the metric accumulator (``accumulator``); logits are upcast to
-    float32. With ``reference`` (a network name, e.g. the teacher), every other network's
-    accumulator also gets the reference's logits (agreement with it). Metrics are summed over
+    (``predict``; a fourth element is a reference of the task's own, e.g. a cached teacher)
+    and makes the metric accumulator (``accumulator``); logits are upcast to float32. With
+    ``reference`` (a network name, e.g. the teacher), every other network's accumulator also
+    gets the reference's logits (agreement with it). Metrics are summed over
     processes when a process group is up; kept logits are gathered in rank order.
     """
     accs = {n: task.accumulator(n) for n in networks}
@@ -137,10 +138,13 @@ def evaluate_networks(
             outs = {n: task.predict(net, batch) for n, net in networks.items()}
         ref = None if reference is None else outs[reference][0].float()
         labels = None
-        for n, (z, labels, mask) in outs.items():
-            z = z.float()
-            if ref is not None and n != reference:
-                accs[n].update(z, labels, mask, ref)
+        for n, out in outs.items():
+            z, labels, mask = out[0].float(), out[1], out[2]
+            given = ref if ref is not None and n != reference else None
+            if given is None and len(out) > 3:
+                given = out[3]  # a reference the task supplies itself (a cached teacher)
+            if given is not None:
+                accs[n].update(z, labels, mask, given)
             else:
                 accs[n].update(z, labels, mask)
             if keep_logits:

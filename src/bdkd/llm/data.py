@@ -8,8 +8,13 @@ Formats (``data.format``; ``auto`` decides from the file and its fields):
   assistant turn, rendered with the tokenizer's chat template; the prompt is everything up
   to the last assistant turn (``add_generation_prompt=True``), the completion that turn;
 - ``text``: rows with a ``text`` field; every token after the first is a target;
-- ``lines``: a plain text file, one text per line; ``fortunes``: Debian's fortune files
-  (entries separated by lines holding ``%``; ``apt-get install fortunes``).
+- ``lines``: a plain text file, one text per line; ``paragraphs``: plain text files, texts
+  separated by blank lines (e.g. Python's documentation sources,
+  ``/usr/share/doc/python3.11/html/_sources/**/*.rst.txt`` from ``apt-get install
+  python3.11-doc``); ``fortunes``: Debian's fortune files (entries separated by lines holding
+  ``%``; ``apt-get install fortunes``).
+
+File names may be glob patterns (``**`` included), expanded in sorted order.
 
 JSON lines, JSON and Parquet files are read with the ``datasets`` library, offline. Texts
 are cut at ``max_length`` tokens; an example whose completion is cut away entirely is
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,7 @@ import torch
 from bdkd.llm.distill import LMBatch
 
 FORTUNES = "/usr/share/games/fortunes/fortunes"
-FORMATS = ("auto", "prompt_completion", "messages", "text", "lines", "fortunes")
+FORMATS = ("auto", "prompt_completion", "messages", "text", "lines", "paragraphs", "fortunes")
 
 
 class LMDataError(ValueError):
@@ -66,15 +72,38 @@ def _suffix_format(path: Path) -> str | None:
     return {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower())
 
 
+def expand_files(files: Sequence[str | Path]) -> list[Path]:
+    """The files named by ``files``: plain names must be files; names with ``*``, ``?`` or
+    ``[`` are glob patterns (``**`` recursive), each expanded in sorted order and required
+    to match at least one file."""
+    import glob
+
+    paths: list[Path] = []
+    for f in files:
+        name = str(f)
+        if any(c in name for c in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(name, recursive=True) if Path(m).is_file())
+            if not matched:
+                raise LMDataError(f"data file pattern {name} matches no file")
+            paths += matched
+            continue
+        p = Path(name)
+        if not p.is_file():
+            how = ""
+            if name == FORTUNES:
+                how = " (apt-get install fortunes)"
+            elif name.startswith("/usr/share/doc/python3"):
+                how = " (apt-get install python3.11-doc)"
+            raise LMDataError(f"data file {p} does not exist{how}")
+        paths.append(p)
+    return paths
+
+
 def read_rows(files: Sequence[str | Path], fmt: str) -> tuple[list[Any], str]:
     """The rows of ``files`` (dicts for structured files, strings for text corpora) and the
     format they were read as."""
-    paths = [Path(f) for f in files]
-    for p in paths:
-        if not p.is_file():
-            how = " (apt-get install fortunes)" if str(p) == FORTUNES else ""
-            raise LMDataError(f"data file {p} does not exist{how}")
-    if fmt in ("fortunes", "lines") or (
+    paths = expand_files(files)
+    if fmt in ("fortunes", "lines", "paragraphs") or (
         fmt == "auto" and all(_suffix_format(p) is None for p in paths)
     ):
         kind = (
@@ -85,7 +114,12 @@ def read_rows(files: Sequence[str | Path], fmt: str) -> tuple[list[Any], str]:
         texts = []
         for p in paths:
             raw = p.read_text(errors="replace")
-            parts = raw.split("\n%\n") if kind == "fortunes" else raw.splitlines()
+            if kind == "fortunes":
+                parts = raw.split("\n%\n")
+            elif kind == "paragraphs":
+                parts = re.split(r"\n[ \t]*\n", raw)
+            else:
+                parts = raw.splitlines()
             texts += [t.strip() for t in parts if t.strip()]
         return texts, kind
     builders = {_suffix_format(p) for p in paths}
@@ -158,7 +192,7 @@ def tokenize_rows(
     out: list[Example] = []
     dropped = 0
     for i, row in enumerate(rows):
-        if fmt in ("text", "lines", "fortunes"):
+        if fmt in ("text", "lines", "paragraphs", "fortunes"):
             text = row if isinstance(row, str) else _field(row, fields.text, i)
             if not isinstance(text, str):
                 raise LMDataError(f"row {i}: field {fields.text!r} must be text")

@@ -10,8 +10,10 @@ it equals one large batch. :func:`sample_student` draws on-policy sequences (GKD
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +49,23 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     if decoder is None or not isinstance(head, nn.Linear):
         raise TypeError(f"{type(model).__name__} does not expose a decoder and a linear LM head")
     return decoder, head
+
+
+def through(module: nn.Module, fn: Callable[[], Any]) -> Any:
+    """Run ``fn()`` as ``module``'s forward, so that what wraps the module's calls (FSDP2's
+    gathering and freeing of its sharded parameters) happens around it. ``fn`` may use the
+    module's submodules and parameters directly."""
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        module.forward = original
+        return fn()
+
+    module.forward = forward
+    try:
+        return module()
+    finally:
+        module.forward = original
 
 
 @dataclass
@@ -144,13 +163,14 @@ class CausalLMDistiller(nn.Module):
 
     ``objective`` is any of :data:`bdkd.llm.TOKEN_OBJECTIVES` (its hyper-parameters in
     ``params``); ``distill_weight`` scales it and ``ce_weight`` adds the student's next-token
-    cross-entropy (which does materialise the student's logits, so it defaults to 0).
+    cross-entropy, computed in the same fused pass. ``teacher`` may be None when every
+    batch comes with its cached top-k teacher.
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         *,
         objective: str = "forward_kl",
         temperature: float = 1.0,
@@ -161,14 +181,17 @@ class CausalLMDistiller(nn.Module):
     ) -> None:
         super().__init__()
         self.student, self.teacher = student, teacher
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        if teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+        self.sharded = False  # set when FSDP shards the models: run them through their roots
         self.objective, self.temperature, self.params = objective, temperature, params
         self.distill_weight, self.ce_weight, self.chunk_size = distill_weight, ce_weight, chunk_size
 
     def train(self, mode: bool = True) -> CausalLMDistiller:
         super().train(mode)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
 
     def forward(
@@ -186,33 +209,45 @@ class CausalLMDistiller(nn.Module):
         mask = batch.target_mask()
         s_decoder, _ = decoder_and_head(self.student)
         t_hidden = None
+        if cached is None and self.teacher is None:
+            raise ValueError("no teacher: pass the batch's cached top-k teacher (cached=)")
         if cached is None:
             t_decoder, _ = decoder_and_head(self.teacher)
-            with torch.no_grad():
-                t_hidden = t_decoder(
+
+            def teacher_hidden() -> Tensor:
+                return t_decoder(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask
                 ).last_hidden_state[:, :-1]
-        s_hidden = s_decoder(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        ).last_hidden_state[:, :-1]
+
+            with torch.no_grad():
+                t_hidden = (
+                    through(self.teacher, teacher_hidden) if self.sharded else teacher_hidden()
+                )
         stats: dict[str, Tensor] = {}
-        total = distill_hidden(
-            self.student,
-            self.teacher,
-            s_hidden,
-            t_hidden,
-            mask,
-            objective=self.objective,
-            temperature=self.temperature,
-            params=self.params,
-            normalizer=normalizer,
-            chunk_size=self.chunk_size,
-            ce_labels=batch.input_ids[:, 1:] if self.ce_weight else None,
-            ce_weight=self.ce_weight,
-            divergence_weight=self.distill_weight,
-            stats=stats,
-            cached=cached,
-        )
+
+        def student_loss() -> Tensor:
+            s_hidden = s_decoder(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).last_hidden_state[:, :-1]
+            return distill_hidden(
+                self.student,
+                self.teacher,
+                s_hidden,
+                t_hidden,
+                mask,
+                objective=self.objective,
+                temperature=self.temperature,
+                params=self.params,
+                normalizer=normalizer,
+                chunk_size=self.chunk_size,
+                ce_labels=batch.input_ids[:, 1:] if self.ce_weight else None,
+                ce_weight=self.ce_weight,
+                divergence_weight=self.distill_weight,
+                stats=stats,
+                cached=cached,
+            )
+
+        total = through(self.student, student_loss) if self.sharded else student_loss()
         if not self.ce_weight:
             return {self.objective: total}
         ce = stats.get("ce", torch.zeros((), device=total.device))
@@ -220,26 +255,51 @@ class CausalLMDistiller(nn.Module):
 
 
 def accumulate_step(
-    distiller: CausalLMDistiller,
+    distiller: Any,
     micro_batches: Sequence[LMBatch],
     optimizer: torch.optim.Optimizer,
     *,
     grad_clip: float | None = None,
+    cached: Sequence[TopKTeacher | None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """One optimizer step over ``micro_batches``; the loss is normalised by the valid target
-    tokens of all of them together, so the gradient equals that of one large batch."""
-    total_tokens = sum(int(b.target_mask().sum()) for b in micro_batches)
+    tokens of all of them together, so the gradient equals that of one large batch.
+
+    ``distiller`` is a :class:`CausalLMDistiller` or its DDP / FSDP wrapper. In a process
+    group each process holds a share of every micro-batch: ``all_reduce`` sums the token
+    count over processes, and the loss is multiplied by ``world_size`` because the wrappers
+    average gradients, so the step equals one process with the whole batch. ``cached``: the
+    top-k teacher of each micro-batch (no teacher runs)."""
+    counts = torch.tensor(
+        [float(sum(int(b.target_mask().sum()) for b in micro_batches))], dtype=torch.float64
+    )
+    if all_reduce is not None:
+        counts = all_reduce(counts)
+    total_tokens = float(counts[0])
     if total_tokens == 0:
         raise ValueError("the micro-batches hold no target tokens")
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
-    for batch in micro_batches:
-        terms = distiller(batch, normalizer=total_tokens)
-        sum(terms.values()).backward()
+    last = len(micro_batches) - 1
+    for i, batch in enumerate(micro_batches):
+        # under DDP, gradients are averaged over processes once, after the last micro-batch
+        quiet = distiller.no_sync() if i < last and hasattr(distiller, "no_sync") else None
+        with quiet or contextlib.nullcontext():
+            with autocast():
+                terms = distiller(batch, total_tokens, None if cached is None else cached[i])
+            (sum(terms.values()) * world_size).backward()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
+    if all_reduce is not None and sums:  # report the whole batch's terms
+        keys = sorted(sums)
+        totals = all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        sums = {k: float(totals[j]) for j, k in enumerate(keys)}
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(distiller.student.parameters(), grad_clip)
+        params = [p for p in optimizer.param_groups[0]["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return sums
 

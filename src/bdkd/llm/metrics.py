@@ -18,6 +18,8 @@ from torch import Tensor
 
 from bdkd.calibration import binned_sums, ece_from_sums
 from bdkd.divergences import forward_kl
+from bdkd.llm.distill import TopKTeacher
+from bdkd.llm.fused import bucket_log_probs, teacher_buckets
 
 
 @dataclass
@@ -44,9 +46,11 @@ class TokenMetrics:
         logits: Tensor,
         labels: Tensor,
         mask: Tensor | None = None,
-        teacher_logits: Tensor | None = None,
+        teacher_logits: Tensor | TopKTeacher | None = None,
     ) -> None:
-        """Add a batch: ``logits`` (..., V), ``labels`` (...) next-token ids, ``mask`` (...)."""
+        """Add a batch: ``logits`` (..., V), ``labels`` (...) next-token ids, ``mask`` (...);
+        the teacher as its logits (..., V) or as its top-k cache for the valid tokens (the
+        forward KL is then the one between the k + 1 bucket distributions)."""
         if labels.shape != logits.shape[:-1]:
             raise ValueError(
                 f"labels must have shape {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
@@ -76,7 +80,23 @@ class TokenMetrics:
             0.0,
             0.0,
         ]
-        if teacher_logits is not None:
+        if isinstance(teacher_logits, TopKTeacher):
+            # a cached teacher (its rows are the valid tokens in order): agreement with its
+            # top-1 token, forward KL between the k + 1 bucket distributions
+            cached = teacher_logits
+            t_ids = cached.ids.to(z.device)
+            if t_ids.shape[0] != z.shape[0]:
+                raise ValueError(
+                    f"the cached teacher has {t_ids.shape[0]} tokens, the batch {z.shape[0]}"
+                )
+            t_b = teacher_buckets(cached.log_probs.to(z.device), cached.tail_log_mass.to(z.device))
+            s_b = bucket_log_probs(log_p, t_ids)
+            p_t = t_b.exp()
+            kl = torch.where(p_t > 0, p_t * (t_b - s_b), torch.zeros_like(p_t))
+            row[4] = z.shape[0]
+            row[5] = float((t_ids[:, 0] == pred).sum())
+            row[6] = float(kl.sum())
+        elif teacher_logits is not None:
             t = teacher_logits[mask].float()
             row[4] = t.shape[0]
             row[5] = float((t.argmax(-1) == pred).sum())

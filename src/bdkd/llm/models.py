@@ -124,6 +124,22 @@ def load_causal_lm(
     return model, tok
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a model name (directory, cached hub id, GGUF file, smollm2) without
+    loading the model."""
+    transformers = _transformers()
+    _offline()
+    kind = describe_source(name)
+    if kind in ("smollm2", "gguf"):
+        path = smollm2_gguf_path() if kind == "smollm2" else Path(name)
+        return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0]
+        raise FileNotFoundError(f"cannot load the tokenizer of {name!r}: {first}") from None
+
+
 def check_same_vocabulary(
     teacher: nn.Module, student: nn.Module, teacher_name: str, student_name: str
 ) -> None:
@@ -236,16 +252,24 @@ def is_lora(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-def save_student(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
+def save_student(
+    model: nn.Module,
+    tokenizer: Any,
+    path: str | Path,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """``save_pretrained`` (safetensors) with the tokenizer into ``path``; a LoRA student is
-    saved merged (a plain model), its adapter alone beside it in ``path``-adapter."""
+    saved merged (a plain model), its adapter alone beside it in ``path``-adapter.
+    ``state_dict`` (the whole state, gathered from FSDP shards) replaces the model's own."""
     path = Path(path)
     if is_lora(model):
+        if state_dict is not None:
+            raise ValueError("a LoRA student is saved from its own (unsharded) parameters")
         model.save_pretrained(str(path.with_name(path.name + "-adapter")))
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(path), safe_serialization=True)
+    model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(path))
     return path

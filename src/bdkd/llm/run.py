@@ -143,6 +143,10 @@ class LLMTrainConfig:
     device: str = "auto"
     threads: int | None = spec(None, ge=1, le=4096)
     progress: bool = True
+    precision: str = spec("fp32", choices=("fp32", "bf16"))
+    gradient_checkpointing: bool = False
+    parallel: str = spec("ddp", choices=("ddp", "fsdp"))
+    teacher_cache: str | None = None
 
 
 @dataclass
@@ -196,6 +200,11 @@ def validate_llm_config(data: dict[str, Any]) -> LLMConfig:
         raise ConfigError("config key 'student.layers': list at least one teacher layer")
     if not cfg.data.files:
         raise ConfigError("config key 'data.files': list at least one data file")
+    if cfg.train.teacher_cache and cfg.train.on_policy_fraction > 0:
+        raise ConfigError(
+            "config key 'train.teacher_cache': a cached teacher cannot score the student's own "
+            "samples; set train.on_policy_fraction: 0 or run the teacher live"
+        )
     check_run_name(cfg.output.name)
     return cfg
 
@@ -212,11 +221,19 @@ def check_inputs(cfg: LLMConfig) -> None:
             describe_source(name)
         except (FileNotFoundError, ImportError) as err:
             raise ConfigError(f"config key {key!r}: {err}") from None
+    from bdkd.llm.data import expand_files
+
     for key in ("files", "val_files", "test_files"):
-        for f in getattr(cfg.data, key):
-            if not Path(f).is_file():
-                how = " (apt-get install fortunes)" if f == FORTUNES else ""
-                raise ConfigError(f"config key 'data.{key}': {f} does not exist{how}")
+        try:
+            expand_files(getattr(cfg.data, key))
+        except LMDataError as err:
+            raise ConfigError(f"config key 'data.{key}': {err}") from None
+    cache = cfg.train.teacher_cache
+    if cache and not (Path(cache) / "meta.json").is_file():
+        raise ConfigError(
+            f"config key 'train.teacher_cache': {cache} is not a finished teacher cache "
+            "(make it with bdkd llm-cache-teacher CONFIG --out DIR)"
+        )
 
 
 # --------------------------------------------------------------------------- building
@@ -238,20 +255,32 @@ class Built:
 
 def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
     """(teacher, student, tokenizer): the student loaded or derived, vocabularies checked,
-    LoRA added when asked."""
+    LoRA added when asked. With a teacher cache the teacher is None (it is loaded only when
+    the student is derived from it, then dropped)."""
     from bdkd.llm.models import (
         add_lora,
         check_same_tokenizer,
         check_same_vocabulary,
         load_causal_lm,
+        load_tokenizer,
         make_student,
     )
 
-    teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
     s = cfg.student
+    cached = bool(cfg.train.teacher_cache)
+    if cached and s.model is not None:
+        teacher, tokenizer = None, load_tokenizer(cfg.teacher.model)
+    else:
+        teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
     if s.model is not None:
         student, student_tok = load_causal_lm(s.model)
-        check_same_vocabulary(teacher, student, cfg.teacher.model, s.model)
+        if teacher is not None:
+            check_same_vocabulary(teacher, student, cfg.teacher.model, s.model)
+        elif len(tokenizer) != student.get_output_embeddings().weight.shape[0]:
+            raise ValueError(
+                f"the tokenizer of teacher {cfg.teacher.model!r} has {len(tokenizer)} tokens and "
+                f"student {s.model!r} a vocabulary of {student.get_output_embeddings().weight.shape[0]}"
+            )
         check_same_tokenizer(tokenizer, student_tok, cfg.teacher.model, s.model)
         name = s.model
     else:
@@ -262,9 +291,18 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
             raise ConfigError(f"config key 'student.{key}': {err}") from None
         name = "the derived student"
     student.float()
-    check_same_vocabulary(teacher, student, cfg.teacher.model, name)
+    if teacher is not None:
+        check_same_vocabulary(teacher, student, cfg.teacher.model, name)
+    if cached:
+        teacher = None
     if s.lora:
         student = add_lora(student, s.lora)
+    if cfg.train.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(student, "activation_checkpointing_enable"):  # the newer name
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return teacher, student, tokenizer
 
 
@@ -326,17 +364,36 @@ def build_data(
 
 class LMTask:
     """Next-token prediction for :func:`bdkd.engine.evaluate.evaluate_networks`: a batch is
-    an :class:`~bdkd.llm.distill.LMBatch`; metrics stream in :class:`TokenMetrics`."""
+    an :class:`~bdkd.llm.distill.LMBatch` (with, for a cached teacher, its top-k teacher);
+    metrics stream in :class:`TokenMetrics`."""
 
     def __init__(self, bins: int = 15) -> None:
         self.bins = bins
 
-    def predict(self, network: Any, batch: LMBatch) -> tuple[Any, Any, Any]:
-        out = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return out.logits[:, :-1], batch.input_ids[:, 1:], batch.target_mask()
+    def predict(self, network: Any, batch: Any) -> tuple[Any, ...]:
+        lm, cached = batch if isinstance(batch, tuple) else (batch, None)
+        out = network(input_ids=lm.input_ids, attention_mask=lm.attention_mask)
+        prediction = (out.logits[:, :-1], lm.input_ids[:, 1:], lm.target_mask())
+        return prediction if cached is None else (*prediction, cached)
 
     def accumulator(self, network: str = "") -> TokenMetrics:
         return TokenMetrics(n_bins=self.bins)
+
+
+@dataclass
+class Parallel:
+    """This process's place in a process group (world 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    fsdp: bool = False
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        return items[self.rank :: self.world]
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
 def evaluate_lm(
@@ -349,19 +406,45 @@ def evaluate_lm(
     batch: int = 16,
     bins: int = 15,
     teacher_metrics: TokenMetrics | None = None,
+    cache: Any = None,
+    split: str = "val",
+    parallel: Parallel | None = None,
+    autocast: Any = None,
 ) -> dict[str, float]:
     """The student's next-token metrics over the target tokens of ``examples`` and its
-    agreement with ``teacher``; the teacher's own metrics go to ``teacher_metrics``."""
+    agreement with the teacher (live, or from its top-k ``cache``); the live teacher's own
+    metrics go to ``teacher_metrics``. In a process group each process evaluates its share
+    and the metrics are summed."""
+    import contextlib
+
     from bdkd.engine.evaluate import evaluate_networks
+
+    parallel = parallel or Parallel()
+    indices = parallel.shard(list(range(len(examples))))
+
+    rounds = -(-len(indices) // batch)
+    if parallel.fsdp:  # sharded models: every process runs as many forwards as the others
+        rounds = max(-(-len(examples[r :: parallel.world]) // batch) for r in range(parallel.world))
+
+    def batches() -> Any:
+        for r in range(rounds):
+            chunk = indices[r * batch : (r + 1) * batch]
+            if not chunk:  # an idle round: one text whose tokens all count for nothing
+                lm = collate([examples[0]], pad, device)
+                yield LMBatch(lm.input_ids, lm.attention_mask, torch.zeros_like(lm.loss_mask))
+                continue
+            lm = collate([examples[j] for j in chunk], pad, device)
+            yield lm if cache is None else (lm, cache.teacher(split, chunk))
 
     networks = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
     was = student.training
     student.eval()
     result = evaluate_networks(
         networks,
-        (collate(examples[i : i + batch], pad, device) for i in range(0, len(examples), batch)),
+        batches(),
         LMTask(bins),
         reference=None if teacher is None else "teacher",
+        autocast=autocast or contextlib.nullcontext,
     )
     student.train(was)
     if teacher_metrics is not None and teacher is not None:
@@ -372,18 +455,48 @@ def evaluate_lm(
 
 @torch.no_grad()
 def greedy(
-    model: Any, examples: list[Example], max_new_tokens: int, pad: int, device: torch.device
+    model: Any,
+    examples: list[Example],
+    max_new_tokens: int,
+    pad: int,
+    device: torch.device,
+    parallel: Parallel | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of the examples' prompts (token ids, without the prompt)."""
-    ids, mask = prompt_batch(examples, pad, device)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-    )
-    return [row[ids.shape[1] :].tolist() for row in out]
+    """Greedy continuations of the examples' prompts (token ids, without the prompt); in a
+    process group each process generates its share (in step with the others when the
+    model is sharded) and every process gets all of them, in order."""
+    parallel = parallel or Parallel()
+    mine = parallel.shard(list(range(len(examples))))
+    outputs: list[list[int]] = []
+    if not mine and parallel.fsdp:  # sharded: generate in step with the others, discard
+        ids, mask = prompt_batch(examples[:1], pad, device)
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            synced_gpus=True,
+        )
+    if mine:
+        ids, mask = prompt_batch([examples[i] for i in mine], pad, device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            synced_gpus=parallel.fsdp,
+        )
+        outputs = [row[ids.shape[1] :].tolist() for row in out]
+    if parallel.world == 1:
+        return outputs
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * parallel.world
+    dist.all_gather_object(parts, list(zip(mine, outputs, strict=True)))
+    ordered = dict(pair for part in parts for pair in part)
+    return [ordered[i] for i in range(len(examples))]
 
 
 def _strip_after_eos(seqs: list[list[int]], eos: int | None) -> list[list[int]]:
@@ -392,34 +505,197 @@ def _strip_after_eos(seqs: list[list[int]], eos: int | None) -> list[list[int]]:
     return [s[: s.index(eos)] if eos in s else s for s in seqs]
 
 
+# --------------------------------------------------------------------------- parallelism
+
+
+def setup_parallel(
+    cfg: LLMConfig, distiller: CausalLMDistiller, device: torch.device
+) -> tuple[Parallel, Any]:
+    """Join torchrun's process group (if any) and wrap the models: DDP around the distiller,
+    or FSDP2 sharding of every decoder layer and the root of student and teacher (so a
+    teacher larger than one device fits). Returns (parallel, the module a step calls)."""
+    from bdkd.engine import distributed
+
+    info = distributed.init_from_env(device.type)  # joined already: returns the group
+    if not info.enabled:
+        return Parallel(), distiller
+    tc = cfg.train
+    if tc.micro_batch % info.world_size or tc.eval_batch < 1:
+        raise ConfigError(
+            f"config key 'train.micro_batch': {tc.micro_batch} texts must divide evenly among "
+            f"{info.world_size} processes"
+        )
+    if tc.parallel == "fsdp" and cfg.student.lora:
+        raise ConfigError(
+            "config key 'student.lora': LoRA students train with train.parallel: ddp "
+            "(their adapters are small; FSDP shards full students and teachers)"
+        )
+    if tc.parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        return Parallel(info.rank, info.world_size, fsdp=False), wrapped
+    from torch.distributed.fsdp import fully_shard
+
+    from bdkd.llm.distill import decoder_and_head
+
+    for model in (distiller.student, distiller.teacher):
+        if model is None:
+            continue
+        decoder, _ = decoder_and_head(model)
+        for layer in getattr(decoder, "layers", []):
+            fully_shard(layer)
+        fully_shard(model)
+    distiller.sharded = True
+    return Parallel(info.rank, info.world_size, fsdp=True), distiller
+
+
+def full_state(model: Any, parallel: Parallel) -> dict[str, Any]:
+    """The model's whole state dict on CPU (gathered from the shards under FSDP)."""
+    if not parallel.fsdp:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def full_optimizer_state(model: Any, optimizer: Any, parallel: Parallel) -> dict[str, Any]:
+    if not parallel.fsdp:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_state(
+    model: Any, optimizer: Any, state: dict[str, Any], parallel: Parallel, where: str
+) -> None:
+    """Load a whole (gathered) state into possibly sharded model and optimizer."""
+    if not parallel.fsdp:
+        load_network_state(model, state["networks"]["student"], where)
+        optimizer.load_state_dict(state["optimizers"]["student"])
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # a forward leaves the root gathered: shard it again
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, state["networks"]["student"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizers"]["student"], options=options)
+
+
 # --------------------------------------------------------------------------- the run
 
 
 def _micro_batches(
-    cfg: LLMConfig, built: Built, step: int, distiller: CausalLMDistiller, device: torch.device
-) -> list[LMBatch]:
+    cfg: LLMConfig,
+    built: Built,
+    step: int,
+    student: Any,
+    device: torch.device,
+    parallel: Parallel,
+) -> tuple[list[LMBatch], list[list[int]]]:
+    """The step's micro-batches (this process's share) and their example indices. Every
+    process draws the same global batch from (seed, step) and takes its share of each."""
     tc = cfg.train
     rng = random.Random(epoch_seed(tc.seed, step))
-    micro = []
+    micro, picked_indices = [], []
     for _ in range(tc.accumulation):
-        picked = [built.train[rng.randrange(len(built.train))] for _ in range(tc.micro_batch)]
-        if rng.random() < tc.on_policy_fraction:
-            ids, mask = prompt_batch(picked, built.pad, device)
+        picked = [rng.randrange(len(built.train)) for _ in range(tc.micro_batch)]
+        on_policy = rng.random() < tc.on_policy_fraction
+        seed = rng.randrange(2**31)
+        mine = parallel.shard(picked)
+        examples = [built.train[i] for i in mine]
+        picked_indices.append(mine)
+        if on_policy:
+            ids, mask = prompt_batch(examples, built.pad, device)
             micro.append(
                 sample_student(
-                    distiller.student,
+                    student,
                     ids,
                     mask,
                     max_new_tokens=tc.max_new_tokens,
                     temperature=tc.sample_temperature,
                     pad_token_id=built.pad,
                     eos_token_id=built.tokenizer.eos_token_id,
-                    generator_seed=rng.randrange(2**31),
+                    generator_seed=seed + parallel.rank,
                 )
             )
         else:
-            micro.append(collate(picked, built.pad, device))
-    return micro
+            micro.append(collate(examples, built.pad, device))
+    return micro, picked_indices
+
+
+def open_teacher_cache(cfg: LLMConfig, built: Built) -> Any:
+    """The run's top-k teacher cache, checked against its teacher, tokenizer and data."""
+    from bdkd.llm.cache import TeacherCacheError, TopKCache, cache_key
+
+    path = cfg.train.teacher_cache
+    if not path:
+        return None
+    splits = {"train": built.train, "val": built.val, "test": built.test}
+    probe = TopKCache(path)  # its k, then the full key for this run
+    key = cache_key(cfg.teacher.model, built.tokenizer, splits, probe.k, cfg.data.max_length)
+    try:
+        return TopKCache(path, key)
+    except TeacherCacheError as err:
+        raise ConfigError(f"config key 'train.teacher_cache': {err}") from None
+
+
+def cache_teacher(
+    cfg: LLMConfig,
+    out: str | Path,
+    *,
+    k: int,
+    force: bool = False,
+    batch: int | None = None,
+    protect: tuple[str | Path, ...] = (),
+) -> dict[str, Any]:
+    """`bdkd llm-cache-teacher`: the teacher's top-k next-token distribution for every target
+    token of the config's train / val / test splits, written to ``out`` for runs that set
+    ``train.teacher_cache: OUT`` (same teacher, tokenizer, data, max_length and seed)."""
+    from bdkd.engine.build import resolve_device
+    from bdkd.engine.rundir import check_run_dir
+    from bdkd.llm.cache import build_topk_cache, cache_key
+    from bdkd.llm.models import load_causal_lm
+
+    if k < 1:
+        raise ValueError(f"--k must be >= 1, got {k}")
+    check_run_dir(Path(out), force=force, kind="llm-cache", protect=protect)
+    plain = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, teacher_cache=None))
+    check_inputs(plain)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
+    train, val, test, _ = build_data(cfg, tokenizer)
+    splits = {"train": train, "val": val, "test": test}
+    key = cache_key(cfg.teacher.model, tokenizer, splits, k, cfg.data.max_length)
+    return build_topk_cache(
+        teacher,
+        splits,
+        out,
+        k=k,
+        key=key,
+        pad=_pad_id(tokenizer),
+        batch=batch or cfg.train.eval_batch,
+        device=device,
+        force=force,
+        progress=cfg.train.progress,
+    )
 
 
 def run_llm_distill(
@@ -430,8 +706,10 @@ def run_llm_distill(
     force: bool = False,
     protect: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
-    """Train and evaluate one LLM distillation config in ``run_dir``."""
-    from bdkd.engine.build import resolve_device
+    """Train and evaluate one LLM distillation config in ``run_dir`` (in every process of a
+    torchrun group; only the first writes)."""
+    from bdkd.engine import distributed
+    from bdkd.engine.build import autocast_factory, resolve_device
     from bdkd.llm.models import save_student
 
     run_dir = Path(run_dir)
@@ -442,11 +720,15 @@ def run_llm_distill(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    group = distributed.init_from_env(device.type)
+    if group.enabled and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
     seed_everything(cfg.train.seed)
     teacher, student, tokenizer = build_models(cfg)
     train, val, test, dropped = build_data(cfg, tokenizer)
     built = Built(teacher, student, tokenizer, train, val, test, dropped, _pad_id(tokenizer))
-    t = cfg.objective
+    cache = open_teacher_cache(cfg, built)
+    t, tc = cfg.objective, cfg.train
     distiller = CausalLMDistiller(
         student,
         teacher,
@@ -454,14 +736,22 @@ def run_llm_distill(
         temperature=t.temperature,
         distill_weight=t.distill_weight,
         ce_weight=t.ce_weight,
-        chunk_size=cfg.train.chunk_size,
+        chunk_size=tc.chunk_size,
         **t.params,
     ).to(device)
+    parallel, step_module = setup_parallel(cfg, distiller, device)
+    autocast = autocast_factory(device, tc.precision)
     trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
     # one dry forward on two training texts, before the run directory is touched
-    with torch.no_grad():
-        terms = distiller(collate(train[:2], built.pad, device))
+    with torch.no_grad(), autocast():
+        probe = parallel.shard(list(range(2 * parallel.world)))
+        first = [train[i % len(train)] for i in probe]
+        terms = distiller(
+            collate(first, built.pad, device),
+            None,
+            None if cache is None else cache.teacher("train", [i % len(train) for i in probe]),
+        )
     bad = [k for k, v in terms.items() if not torch.isfinite(v)]
     if bad:
         raise TrainingDiverged(
@@ -472,33 +762,48 @@ def run_llm_distill(
     ckpt = run_dir / "checkpoints" / "last.pt"
     if resume:
         run_id = str(marker["run_id"])
-        state = load_checkpoint(ckpt, map_location=device)
+        state = load_checkpoint(ckpt, map_location="cpu")
         check_checkpoint_matches(state, cfg.to_dict(), marker, ckpt)
-        load_network_state(student, state["networks"]["student"], f"checkpoint {ckpt}")
-        optimizer.load_state_dict(state["optimizers"]["student"])
+        load_full_state(student, optimizer, state, parallel, f"checkpoint {ckpt}")
         set_rng_state(state["rng"])
         start = int(state["step"])
         elapsed = float(state.get("seconds", 0.0))  # wall-clock before the interruption
-        truncate_metrics(run_dir / "metrics.jsonl", start + 1, key="step")
-    else:
+        if parallel.main:
+            truncate_metrics(run_dir / "metrics.jsonl", start + 1, key="step")
+    elif parallel.main:
         run_id = create_run_dir(run_dir, force=force, kind="llm-distill", protect=protect)
         import yaml
 
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if dropped:
+    distributed.barrier()
+    if not resume and not parallel.main:
+        from bdkd.engine.rundir import read_marker
+
+        run_id = str((read_marker(run_dir) or {}).get("run_id", ""))
+    if dropped and parallel.main:
         print(
             f"llm-distill: {dropped} text(s) left nothing to learn within data.max_length "
             f"{cfg.data.max_length} and were skipped",
             file=sys.stderr,
         )
-    tc = cfg.train
-    board = open_tensorboard(run_dir)
+    board = open_tensorboard(run_dir) if parallel.main else None
     began = time.perf_counter() - elapsed
-    progress = Progress(tc.progress, tc.steps, "llm-distill")
+    progress = Progress(tc.progress and parallel.main, tc.steps, "llm-distill")
+    all_reduce = distributed.all_reduce_sum if parallel.world > 1 else None
     for step in range(start, tc.steps):
         distiller.train()
-        micro = _micro_batches(cfg, built, step, distiller, device)
-        terms = accumulate_step(distiller, micro, optimizer, grad_clip=tc.grad_clip)
+        micro, indices = _micro_batches(cfg, built, step, student, device, parallel)
+        cached = None if cache is None else [cache.teacher("train", i) for i in indices]
+        terms = accumulate_step(
+            step_module,
+            micro,
+            optimizer,
+            grad_clip=tc.grad_clip,
+            cached=cached,
+            autocast=autocast,
+            all_reduce=all_reduce,
+            world_size=parallel.world,
+        )
         bad = [k for k, v in terms.items() if not (v == v and abs(v) != float("inf"))]
         if bad:
             raise TrainingDiverged(
@@ -516,48 +821,79 @@ def run_llm_distill(
             record = {
                 "step": step + 1,
                 "train": terms,
-                "val": evaluate_lm(student, teacher, val, built.pad, device, batch=tc.eval_batch),
+                "val": evaluate_lm(
+                    student,
+                    teacher,
+                    val,
+                    built.pad,
+                    device,
+                    batch=tc.eval_batch,
+                    cache=cache,
+                    split="val",
+                    parallel=parallel,
+                    autocast=autocast,
+                ),
                 "seconds": time.perf_counter() - began,
             }
-            append_jsonl(run_dir / "metrics.jsonl", record)
-            if board is not None:
-                for k, v in record["val"].items():
-                    board.add_scalar(f"val/{k}", v, step + 1)
-            save_atomic(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "run_id": run_id,
-                    "step": step + 1,
-                    "deployed": "student",
-                    "networks": {"student": student.state_dict()},
-                    "optimizers": {"student": optimizer.state_dict()},
-                    "rng": rng_state(),
-                    "seconds": record["seconds"],
-                    "config": cfg.to_dict(),
-                },
-                ckpt,
-            )
-            v = record["val"]
-            print(
-                f"step {step + 1}/{tc.steps} val: perplexity {v['perplexity']:.2f}, "
-                f"token ECE {100 * v['ece']:.2f} %, agreement {100 * v['teacher_top1_agreement']:.1f} %",
-                file=sys.stderr,
-                flush=True,
-            )
-    summary = finish(cfg, built, run_dir, device, began)
+            model_state = full_state(student, parallel)
+            optimizer_state = full_optimizer_state(student, optimizer, parallel)
+            if parallel.main:
+                append_jsonl(run_dir / "metrics.jsonl", record)
+                if board is not None:
+                    for k, v in record["val"].items():
+                        board.add_scalar(f"val/{k}", v, step + 1)
+                save_atomic(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "run_id": run_id,
+                        "step": step + 1,
+                        "deployed": "student",
+                        "networks": {"student": model_state},
+                        "optimizers": {"student": optimizer_state},
+                        "rng": rng_state(),
+                        "seconds": record["seconds"],
+                        "config": cfg.to_dict(),
+                    },
+                    ckpt,
+                )
+                v = record["val"]
+                agreement = v.get("teacher_top1_agreement")
+                print(
+                    f"step {step + 1}/{tc.steps} val: perplexity {v['perplexity']:.2f}, token ECE "
+                    f"{100 * v['ece']:.2f} %"
+                    + ("" if agreement is None else f", agreement {100 * agreement:.1f} %"),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            distributed.barrier()
+    summary = finish(
+        cfg, built, run_dir, device, began, cache=cache, parallel=parallel, autocast=autocast
+    )
     if cfg.output.save_student:
-        save_student(student, tokenizer, run_dir / "student")
-        summary["student_dir"] = str(run_dir / "student")
-        write_json(run_dir / "summary.json", summary)
+        state = full_state(student, parallel) if parallel.fsdp else None
+        if parallel.main:
+            save_student(student, tokenizer, run_dir / "student", state_dict=state)
+            summary["student_dir"] = str(run_dir / "student")
+            write_json(run_dir / "summary.json", summary)
+    distributed.barrier()
     if board is not None:
         board.close()
     return summary
 
 
 def finish(
-    cfg: LLMConfig, built: Built, run_dir: Path, device: torch.device, began: float
+    cfg: LLMConfig,
+    built: Built,
+    run_dir: Path,
+    device: torch.device,
+    began: float,
+    *,
+    cache: Any = None,
+    parallel: Parallel | None = None,
+    autocast: Any = None,
 ) -> dict[str, Any]:
     """Test metrics of student and teacher, ROUGE-L, summary.json and report.md."""
+    parallel = parallel or Parallel()
     tc, t = cfg.train, cfg.objective
     student, teacher = built.student, built.teacher
     teacher_metrics = TokenMetrics()
@@ -569,15 +905,27 @@ def finish(
         device,
         batch=tc.eval_batch,
         teacher_metrics=teacher_metrics,
+        cache=cache,
+        split="test",
+        parallel=parallel,
+        autocast=autocast,
     )
-    teacher_results = teacher_metrics.compute()
+    if cache is not None:
+        teacher_results = dict(cache.meta["teacher_metrics"]["test"])
+    else:
+        teacher_results = teacher_metrics.compute()
     eos = built.tokenizer.eos_token_id
-    s_gen = _strip_after_eos(greedy(student, built.test, tc.max_new_tokens, built.pad, device), eos)
-    t_gen = _strip_after_eos(greedy(teacher, built.test, tc.max_new_tokens, built.pad, device), eos)
+    s_gen = _strip_after_eos(
+        greedy(student, built.test, tc.max_new_tokens, built.pad, device, parallel), eos
+    )
     refs = _strip_after_eos([e.completion()[: tc.max_new_tokens] for e in built.test], eos)
-    results["rouge_l_vs_teacher"] = mean_rouge_l(s_gen, t_gen)
     results["rouge_l_vs_reference"] = mean_rouge_l(s_gen, refs)
-    teacher_results["rouge_l_vs_reference"] = mean_rouge_l(t_gen, refs)
+    if teacher is not None:
+        t_gen = _strip_after_eos(
+            greedy(teacher, built.test, tc.max_new_tokens, built.pad, device, parallel), eos
+        )
+        results["rouge_l_vs_teacher"] = mean_rouge_l(s_gen, t_gen)
+        teacher_results["rouge_l_vs_reference"] = mean_rouge_l(t_gen, refs)
     from bdkd.llm.objectives import effective_objective
 
     effective, _ = effective_objective(t.name, t.params)
@@ -587,9 +935,13 @@ def finish(
         "params": t.params,
         "temperature": t.temperature,
         "teacher": cfg.teacher.model,
+        "teacher_cache": None if cache is None else {"path": str(cache.path), "k": cache.k},
+        "processes": parallel.world,
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "trainable_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
-        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "teacher_parameters": None
+        if teacher is None
+        else sum(p.numel() for p in teacher.parameters()),
         "steps": tc.steps,
         "seed": tc.seed,
         "splits": {"train": len(built.train), "val": len(built.val), "test": len(built.test)},
@@ -597,8 +949,9 @@ def finish(
         "seconds": time.perf_counter() - began,
         "results": {"student": results, "teacher": teacher_results},
     }
-    write_json(run_dir / "summary.json", summary)
-    write_text(run_dir / "report.md", lm_report(summary, f"{t.name} distillation"))
+    if parallel.main:
+        write_json(run_dir / "summary.json", summary)
+        write_text(run_dir / "report.md", lm_report(summary, f"{t.name} distillation"))
     return summary
 
 
