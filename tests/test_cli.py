@@ -85,3 +85,38 @@ def test_calibrate_errors_are_one_line(tmp_path, capsys):
     text.write_text("x")
     assert main(["calibrate", str(text)]) == 2
     assert "unsupported file type" in capsys.readouterr().err
+
+
+def test_demo_trains_every_run_two_at_a_time_and_reads_its_table(tmp_path, monkeypatch, capsys):
+    from bdkd import demo
+
+    monkeypatch.setattr(demo, "fashion_mnist_present", lambda *a: False)  # digits fallback
+    out = tmp_path / "demo"
+    assert main(["demo", "--no-install", "--out", str(out), "train.epochs=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "BD-KD's student: ECE" in printed and "student from scratch" in printed
+    report = (out / "report.md").read_text().splitlines()
+    # the report opens with the figure and the one-line reading
+    assert report[2].startswith("![reliability") and report[4].startswith("**BD-KD's student")
+    assert (out / "reliability.png").is_file()
+    for name in ("teacher", "scratch", "kd", "dml", "bdkd"):
+        assert (out / name / "summary.json").is_file(), name
+
+
+def test_demo_reading_names_the_best_calibrated_student():
+    from bdkd.demo import reading
+
+    row = {"accuracy": 0.8, "ece": 0.05}
+    rows = {"scratch": row, "kd": row, "dml": {**row, "ece": 0.02}, "bdkd": {**row, "ece": 0.01}}
+    assert "the best calibrated student here" in reading(rows)
+    rows["dml"] = {**row, "ece": 0.005}
+    assert "DML's student is better calibrated" in reading(rows)
+
+
+def test_demo_validates_every_config_before_training(tmp_path, monkeypatch, capsys):
+    from bdkd import demo
+
+    monkeypatch.setattr(demo, "fashion_mnist_present", lambda *a: False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--no-install", "--out", str(out), "method.temperature=0"]) == 2
+    assert "method.temperature" in capsys.readouterr().err and not out.exists()

@@ -64,3 +64,21 @@ def test_llm_config_validates(path):
 
     cfg = load_llm_config(path)
     assert cfg.teacher.model == "smollm2" and cfg.output.name
+
+
+def test_the_demo_runs_the_benchmarks_calibration_regime():
+    """configs/demo is regime 1 of benchmarks/methods (same data, optimiser, schedule,
+    epochs, networks); only the seed, threads and progress may differ."""
+    from bdkd.config import read_yaml, validate
+
+    raw = read_yaml(ROOT.parent / "benchmarks" / "methods" / "configs" / "regime1_base.yaml")
+    bench = validate({**raw, "networks": {"student": {"model": "cnn_small"}}})
+    for name in ("teacher", "scratch", "kd", "dml", "bdkd"):
+        demo = load_config(ROOT / "demo" / f"{name}.yaml")
+        assert demo.data == bench.data and demo.optim == bench.optim, name
+        assert demo.schedule == bench.schedule and demo.train.epochs == bench.train.epochs
+        assert demo.eval == bench.eval
+        models = {n: net.model for n, net in demo.networks.items()}
+        assert set(models.values()) <= {"cnn_medium", "cnn_small"}
+        if "student" in models:
+            assert models["student"] == "cnn_small"

@@ -545,3 +545,27 @@ def test_a_model_of_the_other_task_is_refused_before_training(tmp_path, capsys):
         "segmentation model",
     )
     assert not run.exists()
+
+
+def test_a_checkpoint_older_than_a_new_config_key_still_resumes(finished_run):
+    """A key added to bdkd after the checkpoint was written, at its default, is no
+    difference; any other edit still is."""
+    from bdkd.config import ConfigError, load_config, validate
+    from bdkd.engine.loop import check_checkpoint_matches
+    from bdkd.engine.rundir import read_marker
+
+    path = finished_run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    cfg = load_config(finished_run / "config.yaml").to_dict()
+    marker = read_marker(finished_run)
+    del state["config"]["schedule"]["power"]  # as written before the key existed
+
+    def normalise(d):
+        return validate(d).to_dict()
+
+    check_checkpoint_matches(state, cfg, marker, path, normalise)
+    with pytest.raises(ConfigError, match="schedule.power"):
+        check_checkpoint_matches(state, cfg, marker, path)
+    state["config"]["train"]["seed"] = 7
+    with pytest.raises(ConfigError, match="train.seed"):
+        check_checkpoint_matches(state, cfg, marker, path, normalise)

@@ -1,10 +1,11 @@
 """`bdkd demo`: the main job on real data in a few minutes.
 
 On Fashion-MNIST (installing the Debian package when it is missing and that is allowed;
-otherwise on scikit-learn's digits, saying so) it trains a teacher, then a student from
-scratch, with KD, with DML and with BD-KD, using the committed configs in
-``configs/fashion_mnist`` (or ``configs/digits``), prints one table and writes a report with
-a reliability figure of the students.
+otherwise on scikit-learn's digits, saying so) it trains a teacher, a student from scratch,
+with KD, with DML and with BD-KD, two runs at a time, using the committed configs in
+``configs/demo`` (regime 1 of the methods benchmark, where a student trained alone is
+over-confident; or ``configs/digits``), prints one table and a one-line reading, and writes
+a report that opens with the students' reliability diagrams.
 """
 
 from __future__ import annotations
@@ -92,14 +93,49 @@ def install_fashion_mnist() -> bool:
     return False
 
 
-def find_configs(dataset: str) -> Path:
-    """``configs/<dataset>`` of the working directory or of the source checkout."""
+def find_configs(name: str) -> Path:
+    """``configs/<name>`` of the working directory or of the source checkout."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "configs" / dataset
+        candidate = base / "configs" / name
         if (candidate / "teacher.yaml").is_file():
             return candidate
     raise FileNotFoundError(
-        f"configs/{dataset}/ not found: run the demo from a checkout of bdkd (it uses the committed configs)"
+        f"configs/{name}/ not found: run the demo from a checkout of bdkd (it uses the committed configs)"
+    )
+
+
+def _train_one(config: str, overrides: list[str], run: str, force: bool) -> dict:
+    """Train one config into ``run`` (in a worker process, its per-epoch lines kept quiet:
+    the demo prints one line per finished run); its summary."""
+    import contextlib
+    import io
+
+    from bdkd.engine import Trainer
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return Trainer(load_config(config, overrides), Path(run), force=force).fit()
+
+
+def reading(rows: dict[str, dict[str, float]]) -> str:
+    """One line saying what the demo's table shows: BD-KD's student against the student
+    trained alone and DML's, in ECE and top-1, and whether it is the best calibrated."""
+    b, s, d = rows["bdkd"], rows["scratch"], rows["dml"]
+
+    def pct(r: dict[str, float], key: str) -> str:
+        return f"{100 * r[key]:.1f} %"
+
+    line = (
+        f"BD-KD's student: ECE {pct(b, 'ece')} vs {pct(s, 'ece')} trained alone and "
+        f"{pct(d, 'ece')} with DML, at top-1 {pct(b, 'accuracy')} / {pct(s, 'accuracy')} / "
+        f"{pct(d, 'accuracy')}"
+    )
+    best = min(rows, key=lambda m: rows[m]["ece"])
+    if best == "bdkd":
+        line += "; the best calibrated student here."
+    else:
+        line += f"; on this seed {LABELS[best]}'s student is better calibrated."
+    return (
+        line + " One seed: see docs/results/fashion_mnist.md for five seeds with paired intervals."
     )
 
 
@@ -109,67 +145,107 @@ def run_demo(
     allow_install: bool = True,
     force: bool = False,
     overrides: list[str] | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """Train the demo's runs under ``out`` and write its report; returns the directory."""
-    from bdkd.engine import Trainer
+    """Train the demo's runs under ``out`` (``workers`` at a time, default one per CPU core
+    up to 2) and write its report; returns the directory. Every config is validated before
+    anything is trained."""
+    import concurrent.futures
+    import multiprocessing
+
     from bdkd.report import compare_runs, load_summary, markdown_table
 
-    dataset = "fashion_mnist"
+    dataset, config_set = "fashion_mnist", "demo"
     if not fashion_mnist_present():
         if not (allow_install and install_fashion_mnist()):
-            dataset = "digits"
+            dataset, config_set = "digits", "digits"
             print(
                 "demo: Fashion-MNIST is not available, so the demo runs on scikit-learn's digits instead",
                 file=sys.stderr,
             )
-    configs = find_configs(dataset)
+    configs = find_configs(config_set)
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    names = ("teacher", *STUDENT_METHODS)
+    plan: dict[str, list[str]] = {}
+    for name in names:  # validate every config before anything is written or trained
+        extra = [*(overrides or []), "train.progress=false"]
+        if workers > 1:
+            extra.append("train.threads=1")
+        if name == "kd":
+            extra.append(f"networks.teacher.checkpoint={out / 'teacher'}")
+        load_config(configs / f"{name}.yaml", extra)
+        plan[name] = extra
     check_run_dir(out, force=force, kind="demo", protect=[configs])
     create_run_dir(out, force=force, kind="demo", protect=[configs], subdirs=())
     started = time.perf_counter()
-    extra = list(overrides or [])
-    runs: dict[str, Path] = {}
-    for name in ("teacher", *STUDENT_METHODS):
-        run = out / name
-        cfg_overrides = [*extra, "train.progress=false"]
-        if name == "kd":
-            cfg_overrides.append(f"networks.teacher.checkpoint={runs['teacher']}")
-        cfg = load_config(configs / f"{name}.yaml", cfg_overrides)
-        print(
-            f"demo: training {name} ({cfg.method_name} on {dataset}, {cfg.train.epochs} epochs) -> {run}",
-            file=sys.stderr,
-            flush=True,
-        )
-        Trainer(cfg, run, force=force).fit()
-        runs[name] = run
+    runs = {name: out / name for name in names}
+    print(
+        f"demo: {dataset}, configs {configs}; training teacher, {', '.join(STUDENT_METHODS)} "
+        f"({workers} at a time) under {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+
+        def submit(name: str) -> concurrent.futures.Future:
+            return pool.submit(
+                _train_one, str(configs / f"{name}.yaml"), plan[name], str(runs[name]), force
+            )
+
+        pending = {submit(n): n for n in ("teacher", "dml", "bdkd", "scratch")}
+        while pending:
+            done, _ = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                name = pending.pop(future)
+                summary = future.result()  # a failed run stops the demo with its error
+                r = summary["results"][summary["deployed"]]
+                print(
+                    f"demo: {name} done after {time.perf_counter() - started:.0f} s "
+                    f"(top-1 {100 * r['accuracy']:.2f} %, ECE {100 * r['ece']:.2f} %)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if name == "teacher":
+                    pending[submit("kd")] = "kd"
 
     teacher = load_summary(runs["teacher"])
-    rows = {f"teacher ({teacher['models']['student']})": teacher["results"]["student"]}
+    t_net = teacher["deployed"]
+    rows = {f"teacher ({teacher['models'][t_net]})": teacher["results"][t_net]}
+    students: dict[str, dict[str, float]] = {}
     for name in STUDENT_METHODS:
         s = load_summary(runs[name])
-        rows[f"{LABELS[name]} ({s['models'][s['deployed']]})"] = s["results"][s["deployed"]]
+        students[name] = s["results"][s["deployed"]]
+        rows[f"{LABELS[name]} ({s['models'][s['deployed']]})"] = students[name]
     figure = out / "reliability.png"
     compare_runs([runs[m] for m in STUDENT_METHODS], figure)
     minutes = (time.perf_counter() - started) / 60
     table = markdown_table(rows, first="model")
+    line = reading(students)
+    where = configs.relative_to(configs.parents[1]) if len(configs.parents) > 1 else configs
     text = "\n".join(
         [
             f"# bdkd demo on {dataset}",
             "",
-            f"Configs: `{configs.relative_to(configs.parents[1]) if len(configs.parents) > 1 else configs}/` "
-            f"(teacher, scratch, kd, dml, bdkd); seed {teacher['seed']}, {teacher['epochs']} epochs each; "
-            f"test split, last epoch, ECE with {teacher['bins']} bins, temperature fitted on val. "
-            f"Took {minutes:.1f} minutes. One seed: differences smaller than a seed-to-seed spread "
-            "mean nothing (see docs/results for several seeds).",
+            "![reliability diagrams of the students](reliability.png)",
+            "",
+            f"**{line}**",
             "",
             table,
             "",
-            "![reliability diagrams of the students](reliability.png)",
+            f"Configs: `{where}/` (teacher, scratch, kd, dml, bdkd); seed {teacher['seed']}, "
+            f"{teacher['epochs']} epochs each; test split, last epoch, ECE with "
+            f"{teacher['bins']} bins, temperature fitted on val. Training took {minutes:.1f} "
+            "minutes.",
             "",
         ]
     )
     write_text(out / "report.md", text)
     print(table)
+    print(f"\n{line}")
     print(
         f"\ndemo: report written to {out / 'report.md'}, reliability figure to {figure} ({minutes:.1f} min)"
     )

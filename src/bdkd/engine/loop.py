@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from bdkd import calibration as cal
-from bdkd.config import Config, ConfigError, config_differences, dump_config
+from bdkd.config import Config, ConfigError, config_differences, dump_config, validate
 from bdkd.engine import build, distributed
 from bdkd.engine.checkpoint import (
     CheckpointError,
@@ -78,10 +79,16 @@ def check_resumable(run_dir: str | Path) -> dict[str, Any]:
 
 
 def check_checkpoint_matches(
-    state: dict[str, Any], cfg_dict: dict[str, Any], marker: dict[str, Any], path: Path
+    state: dict[str, Any],
+    cfg_dict: dict[str, Any],
+    marker: dict[str, Any],
+    path: Path,
+    normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     """Refuse a checkpoint written by another run, or under a config that differs from the
-    run's ``config.yaml`` beyond :data:`RESUME_MAY_CHANGE`."""
+    run's ``config.yaml`` beyond :data:`RESUME_MAY_CHANGE`. ``normalise`` validates the
+    checkpoint's config as the run's was (so that a key added to bdkd since, at its default,
+    is no difference)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} has format {state.get('format')!r}, this bdkd writes and resumes "
@@ -92,7 +99,13 @@ def check_checkpoint_matches(
             f"checkpoint {path} was written by another run (run id {state.get('run_id')!r}, this "
             f"directory's is {marker.get('run_id')!r}); it cannot continue this run"
         )
-    diffs = config_differences(state["config"], cfg_dict, RESUME_MAY_CHANGE)
+    saved = state["config"]
+    if normalise is not None:
+        try:
+            saved = normalise(saved)
+        except ConfigError:
+            pass  # compared as written: the differences name what no longer validates
+    diffs = config_differences(saved, cfg_dict, RESUME_MAY_CHANGE)
     if diffs:
         raise ConfigError(
             f"cannot resume {path.parent.parent}: its config.yaml differs from the checkpoint's in "
@@ -305,7 +318,9 @@ class Trainer:
     def _restore(self, marker: dict[str, Any]) -> None:
         path = self.checkpoint_path
         state = load_checkpoint(path, map_location=self.device)
-        check_checkpoint_matches(state, self.cfg.to_dict(), marker, path)
+        check_checkpoint_matches(
+            state, self.cfg.to_dict(), marker, path, lambda d: validate(d).to_dict()
+        )
         try:
             for name, net in self.distiller.networks.items():
                 load_network_state(net, state["networks"][name], f"checkpoint {path}, {name}")

@@ -763,7 +763,9 @@ def run_llm_distill(
     if resume:
         run_id = str(marker["run_id"])
         state = load_checkpoint(ckpt, map_location="cpu")
-        check_checkpoint_matches(state, cfg.to_dict(), marker, ckpt)
+        check_checkpoint_matches(
+            state, cfg.to_dict(), marker, ckpt, lambda d: validate_llm_config(d).to_dict()
+        )
         load_full_state(student, optimizer, state, parallel, f"checkpoint {ckpt}")
         set_rng_state(state["rng"])
         start = int(state["step"])
