@@ -201,6 +201,20 @@ def test_a_stale_or_damaged_cache_is_refused(offline_config, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "data_" in err, err
+    # ... unless the split is fixed: seeds then share one held-out set and one cache
+    shared = tmp_path / "shared"
+    args = ["train.seed=5", "data.split_seed=0", "train.steps=1", "train.eval_every=1"]
+    code = main(
+        [
+            "llm-distill",
+            str(offline_config),
+            f"train.teacher_cache={cache}",
+            *args,
+            "--out",
+            str(shared),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
     # on-policy sampling cannot use a cache
     code = main(
         [

@@ -114,6 +114,9 @@ class LMDataConfig:
     max_length: int = spec(256, ge=2)
     prompt_tokens: int = spec(8, ge=1)
     max_samples: int | None = spec(None, ge=1)
+    # the seed of the train / val / test split (default: train.seed); fix it to compare seeds
+    # on one held-out set and to share one teacher cache between them
+    split_seed: int | None = spec(None, ge=0, le=MAX_SEED)
 
 
 @dataclass
@@ -317,6 +320,7 @@ def build_data(
     """(train, val, test, dropped) tokenised with ``tokenizer``."""
     d = cfg.data
     fields = Fields(d.text_field, d.prompt_field, d.completion_field, d.messages_field)
+    split_seed = cfg.train.seed if d.split_seed is None else d.split_seed
 
     def examples(files: list[str]) -> tuple[list[Example], int]:
         rows, fmt = read_rows(files, d.format)
@@ -338,7 +342,7 @@ def build_data(
                 main,
                 val_size=0 if d.val_files else d.val_size,
                 test_size=0 if d.test_files else d.test_size,
-                seed=cfg.train.seed,
+                seed=split_seed,
             )
             if d.val_files:
                 val, more = examples(d.val_files)
@@ -348,7 +352,7 @@ def build_data(
                 dropped += more
         else:
             train, val, test = split_examples(
-                main, val_size=d.val_size, test_size=d.test_size, seed=cfg.train.seed
+                main, val_size=d.val_size, test_size=d.test_size, seed=split_seed
             )
     except LMDataError as err:
         raise ConfigError(f"data: {err}") from None
