@@ -135,7 +135,7 @@ def reading(rows: dict[str, dict[str, float]]) -> str:
     else:
         line += f"; on this seed {LABELS[best]}'s student is better calibrated."
     return (
-        line + " One seed: see docs/results/fashion_mnist.md for five seeds with paired intervals."
+        line + " One seed: docs/results/fashion_mnist.md has several, with intervals."
     )
 
 
