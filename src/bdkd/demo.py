@@ -134,9 +134,7 @@ def reading(rows: dict[str, dict[str, float]]) -> str:
         line += "; the best calibrated student here."
     else:
         line += f"; on this seed {LABELS[best]}'s student is better calibrated."
-    return (
-        line + " One seed: docs/results/fashion_mnist.md has several, with intervals."
-    )
+    return line + " One seed: docs/results/fashion_mnist.md has several, with intervals."
 
 
 def run_demo(
