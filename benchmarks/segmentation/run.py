@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "methods"))
 
 from stats import holm, mean_std, paired  # noqa: E402
 
-from bdkd.config import load_config  # noqa: E402
+from bdkd.config import config_differences, load_config  # noqa: E402
 from bdkd.engine import Trainer  # noqa: E402
+from bdkd.engine.loop import RESUME_MAY_CHANGE  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "scenes"
 METHODS = {
@@ -50,15 +51,20 @@ COLUMNS = [
 
 
 def run(method: str, seed: int, runs: Path, threads: int) -> dict:
+    """The run's summary; trained (or resumed) unless a finished run of the same config, up to
+    threads and progress, is there (a config edited since is trained again)."""
     out = runs / f"seed{seed}" / method
-    if (out / "summary.json").is_file():
-        return json.loads((out / "summary.json").read_text())
     overrides = [f"train.seed={seed}", "train.progress=false", f"train.threads={threads}"]
     text = (CONFIGS / f"{method}.yaml").read_text()
     if "checkpoint" in text:
         overrides.append(f"networks.teacher.checkpoint={runs / f'seed{seed}' / 'teacher'}")
     cfg = load_config(CONFIGS / f"{method}.yaml", overrides)
-    resume = (out / "checkpoints" / "last.pt").is_file()
+    same = (out / "config.yaml").is_file() and not config_differences(
+        load_config(out / "config.yaml").to_dict(), cfg.to_dict(), RESUME_MAY_CHANGE
+    )
+    if same and (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
+    resume = same and (out / "checkpoints" / "last.pt").is_file()
     print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {method}", flush=True)
     return Trainer(cfg, out, resume=resume, force=not resume).fit()
 
@@ -76,9 +82,12 @@ def main() -> None:
     for seed in args.seeds:
         for method in METHODS:
             path = runs / f"seed{seed}" / method / "summary.json"
-            if args.report_only and not path.is_file():
-                continue
-            s = run(method, seed, runs, args.threads)
+            if args.report_only:
+                if not path.is_file():
+                    continue
+                s = json.loads(path.read_text())
+            else:
+                s = run(method, seed, runs, args.threads)
             results[method][seed] = s["results"][s["deployed"]]
             seconds += s["seconds_per_epoch"] * s["epochs"]
     write(results, args.seeds, seconds)
