@@ -199,6 +199,25 @@ def test_force_replaces_only_what_bdkd_wrote(finished_run, tmp_path, capsys):
     assert json.loads((run / ".bdkd-run").read_text())["run_id"] != old_id
 
 
+def test_force_keeps_a_users_files_inside_bdkds_directories(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path / "r")
+    (run / "checkpoints" / "best_by_hand.pt").write_bytes(b"mine")
+    (run / "tensorboard").mkdir(exist_ok=True)
+    (run / "tensorboard" / "notes.md").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.csv").write_text("1,2")
+    (run / "predictions").mkdir(exist_ok=True)
+    (run / "student").symlink_to(elsewhere, target_is_directory=True)
+    old = (run / "checkpoints" / "last.pt").read_bytes()
+    train(run, "train.seed=3", "--force")
+    assert (run / "checkpoints" / "best_by_hand.pt").read_bytes() == b"mine"
+    assert (run / "tensorboard" / "notes.md").read_text() == "mine"
+    assert (run / "checkpoints" / "last.pt").read_bytes() != old
+    # a link named like a bdkd directory is removed as a link; what it points to stays
+    assert not (run / "student").exists() and (elsewhere / "data.csv").read_text() == "1,2"
+
+
 def test_force_never_replaces_the_directory_holding_the_config(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "r")
     for name in ("scratch.yaml", "base.yaml"):

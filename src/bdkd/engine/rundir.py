@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +35,39 @@ OWNED_ENTRIES = (
     "summary.json",
     "report.md",
     "reliability.png",
-    "checkpoints",
-    "predictions",
-    "tensorboard",
-    "student",
+    # an LLM teacher cache (bdkd llm-cache-teacher)
+    "meta.json",
+    "ids.npy",
+    "log_probs.npy",
+    "tail.npy",
 )
-"""Names bdkd writes inside a run directory (``student/`` is an exported LLM student).
-Sub-directories that carry the marker themselves (the demo's runs) are bdkd's too."""
+"""Files bdkd writes inside a run directory. Sub-directories that carry the marker
+themselves (the demo's runs) are bdkd's too."""
+
+OWNED_DIRECTORIES: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("last.pt", ".last.pt.*"),
+    "predictions": ("*.npz", ".*.npz.*"),
+    "tensorboard": ("events.out.tfevents.*",),
+    # an LLM student (save_pretrained) and its LoRA adapter
+    "student": (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model-*-of-*.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "vocab.json",
+        "merges.txt",
+    ),
+    "student-adapter": ("adapter_config.json", "adapter_model.safetensors", "README.md"),
+}
+"""Directories bdkd writes inside a run directory, with the names of the files it writes
+there: ``--force`` removes only those (and the directory when nothing else is left)."""
 
 __all__ = [
     "MARKER",
@@ -126,20 +151,26 @@ def check_run_dir(
 
 
 def _remove_owned(path: Path) -> None:
-    """Remove what bdkd wrote in run directory ``path``; keep everything else."""
+    """Remove what bdkd wrote in run directory ``path``; keep everything else (a user's file,
+    even inside ``checkpoints/``, stays, and so does the directory holding it). Symbolic
+    links are removed as links, never followed."""
     for entry in sorted(path.iterdir()):
-        if entry.is_symlink():
-            if entry.name in OWNED_ENTRIES:
+        if entry.is_symlink() or not entry.is_dir():
+            if entry.name in OWNED_ENTRIES or entry.name in OWNED_DIRECTORIES:
                 entry.unlink()
-        elif entry.is_dir() and read_marker(entry) is not None:
+        elif read_marker(entry) is not None:
             _remove_owned(entry)
-            if not any(entry.iterdir()):
-                entry.rmdir()
-        elif entry.name in OWNED_ENTRIES:
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        elif entry.name in OWNED_DIRECTORIES:
+            patterns = OWNED_DIRECTORIES[entry.name]
+            for inner in entry.iterdir():
+                if (inner.is_symlink() or inner.is_file()) and any(
+                    inner.match(p) for p in patterns
+                ):
+                    inner.unlink()
+        else:
+            continue
+        if entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir()):
+            entry.rmdir()
 
 
 def create_run_dir(
