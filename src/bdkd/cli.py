@@ -111,6 +111,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wants_processes(args: argparse.Namespace) -> bool:
+    """Whether ``--nproc`` asks for more than one process (checked: at least 1)."""
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    return bool(args.nproc and args.nproc > 1)
+
+
 def _relaunch_distributed(argv: Sequence[str], nproc: int) -> int:
     """Run this same command in ``nproc`` processes through torch.distributed.run."""
     import os
@@ -169,11 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bdkd.engine import Trainer
     from bdkd.engine.distributed import destroy
 
-    if args.nproc is not None and args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc and args.nproc > 1:
+    if _wants_processes(args):
         return _relaunch_distributed(args.argv, args.nproc)
-
     cfg, run_dir, resume = _run_target(args, load_config)
     if resume:
         trainer = Trainer(cfg, run_dir, resume=True)
@@ -242,9 +246,7 @@ def _cmd_llm_distill(args: argparse.Namespace) -> int:
     from bdkd.engine.distributed import destroy
     from bdkd.llm.run import load_llm_config, run_llm_distill
 
-    if args.nproc is not None and args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc and args.nproc > 1:
+    if _wants_processes(args):
         return _relaunch_distributed(args.argv, args.nproc)
     cfg, run_dir, resume = _run_target(args, load_llm_config)
     if resume:
