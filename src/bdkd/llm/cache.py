@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bdkd.engine.rundir import check_run_dir, create_run_dir, read_marker
+from bdkd.engine.rundir import create_run_dir, read_marker
 from bdkd.files import write_json
 from bdkd.llm.data import Example, collate
 from bdkd.llm.distill import TopKTeacher
@@ -134,10 +134,9 @@ def build_topk_cache(
     vocab = teacher.get_output_embeddings().weight.shape[0]
     if not 1 <= k <= vocab:
         raise ValueError(f"k must be in [1, {vocab}] (the vocabulary), got {k}")
-    check_run_dir(out, force=force, kind="llm-cache")
     counts = {name: target_counts(ex) for name, ex in splits.items()}
     total = int(sum(c.sum() for c in counts.values()))
-    create_run_dir(out, force=force, kind="llm-cache", subdirs=())
+    create_run_dir(out, force=force, kind="llm-cache", subdirs=())  # checks it first
     ids = np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.int32, shape=(total, k))
     logp = np.lib.format.open_memmap(
         out / "log_probs.npy", mode="w+", dtype=np.float16, shape=(total, k)
@@ -206,16 +205,8 @@ class TopKCache:
             raise TeacherCacheError(f"{meta_path} is damaged ({err})") from None
         if self.meta.get("format") != FORMAT or not self.meta.get("complete"):
             raise TeacherCacheError(f"{self.path}: unknown or unfinished cache format")
-        if expected_key is not None and self.meta["key"] != expected_key:
-            differ = sorted(
-                k
-                for k in set(expected_key) | set(self.meta["key"])
-                if expected_key.get(k) != self.meta["key"].get(k)
-            )
-            raise TeacherCacheError(
-                f"teacher cache {self.path} was made for a different {differ}; rebuild it with "
-                "bdkd llm-cache-teacher for this config"
-            )
+        if expected_key is not None:
+            self.check_key(expected_key)
         arrays = []
         for name in ("ids.npy", "log_probs.npy", "tail.npy"):
             try:  # never unpickles: allow_pickle stays False
@@ -237,6 +228,19 @@ class TopKCache:
             self._starts[name] = (
                 split["offset"] + np.concatenate([[0], np.cumsum(counts)[:-1]]),
                 counts,
+            )
+
+    def check_key(self, expected_key: dict[str, Any]) -> None:
+        """Refuse the cache, naming what differs, unless it was made from ``expected_key``."""
+        if self.meta["key"] != expected_key:
+            differ = sorted(
+                k
+                for k in set(expected_key) | set(self.meta["key"])
+                if expected_key.get(k) != self.meta["key"].get(k)
+            )
+            raise TeacherCacheError(
+                f"teacher cache {self.path} was made for a different {differ}; rebuild it with "
+                "bdkd llm-cache-teacher for this config"
             )
 
     @property

@@ -426,9 +426,9 @@ def evaluate_lm(
     parallel = parallel or Parallel()
     indices = parallel.shard(list(range(len(examples))))
 
-    rounds = -(-len(indices) // batch)
-    if parallel.fsdp:  # sharded models: every process runs as many forwards as the others
-        rounds = max(-(-len(examples[r :: parallel.world]) // batch) for r in range(parallel.world))
+    # sharded models: every process runs as many forwards as the first (the largest share)
+    share = -(-len(examples) // parallel.world) if parallel.fsdp else len(indices)
+    rounds = -(-share // batch)
 
     def batches() -> Any:
         for r in range(rounds):
@@ -472,18 +472,11 @@ def greedy(
     parallel = parallel or Parallel()
     mine = parallel.shard(list(range(len(examples))))
     outputs: list[list[int]] = []
-    if not mine and parallel.fsdp:  # sharded: generate in step with the others, discard
-        ids, mask = prompt_batch(examples[:1], pad, device)
-        model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            synced_gpus=True,
-        )
-    if mine:
-        ids, mask = prompt_batch([examples[i] for i in mine], pad, device)
+    # sharded models generate in step with the others: a process with no prompts of its own
+    # generates from the first one and discards it
+    prompts = mine or ([0] if parallel.fsdp and examples else [])
+    if prompts:
+        ids, mask = prompt_batch([examples[i] for i in prompts], pad, device)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -492,7 +485,8 @@ def greedy(
             pad_token_id=pad,
             synced_gpus=parallel.fsdp,
         )
-        outputs = [row[ids.shape[1] :].tolist() for row in out]
+        if mine:
+            outputs = [row[ids.shape[1] :].tolist() for row in out]
     if parallel.world == 1:
         return outputs
     import torch.distributed as dist
@@ -512,19 +506,13 @@ def _strip_after_eos(seqs: list[list[int]], eos: int | None) -> list[list[int]]:
 # --------------------------------------------------------------------------- parallelism
 
 
-def setup_parallel(
-    cfg: LLMConfig, distiller: CausalLMDistiller, device: torch.device
-) -> tuple[Parallel, Any]:
-    """Join torchrun's process group (if any) and wrap the models: DDP around the distiller,
-    or FSDP2 sharding of every decoder layer and the root of student and teacher (so a
-    teacher larger than one device fits). Returns (parallel, the module a step calls)."""
-    from bdkd.engine import distributed
-
-    info = distributed.init_from_env(device.type)  # joined already: returns the group
+def check_parallel(cfg: LLMConfig, info: Any) -> None:
+    """What a process group of ``info.world_size`` needs of the config (before any model
+    loads): micro-batches that divide among the processes, no LoRA under FSDP."""
     if not info.enabled:
-        return Parallel(), distiller
+        return
     tc = cfg.train
-    if tc.micro_batch % info.world_size or tc.eval_batch < 1:
+    if tc.micro_batch % info.world_size:
         raise ConfigError(
             f"config key 'train.micro_batch': {tc.micro_batch} texts must divide evenly among "
             f"{info.world_size} processes"
@@ -534,6 +522,18 @@ def setup_parallel(
             "config key 'student.lora': LoRA students train with train.parallel: ddp "
             "(their adapters are small; FSDP shards full students and teachers)"
         )
+
+
+def setup_parallel(
+    cfg: LLMConfig, distiller: CausalLMDistiller, device: torch.device, info: Any
+) -> tuple[Parallel, Any]:
+    """Wrap the models for the process group ``info`` (a
+    :class:`bdkd.engine.distributed.DistInfo`): DDP around the distiller, or FSDP2 sharding of
+    every decoder layer and the root of student and teacher (so a teacher larger than one
+    device fits). Returns (parallel, the module a step calls)."""
+    if not info.enabled:
+        return Parallel(), distiller
+    tc = cfg.train
     if tc.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -651,12 +651,14 @@ def open_teacher_cache(cfg: LLMConfig, built: Built) -> Any:
     if not path:
         return None
     splits = {"train": built.train, "val": built.val, "test": built.test}
-    probe = TopKCache(path)  # its k, then the full key for this run
-    key = cache_key(cfg.teacher.model, built.tokenizer, splits, probe.k, cfg.data.max_length)
     try:
-        return TopKCache(path, key)
+        cache = TopKCache(path)
+        cache.check_key(
+            cache_key(cfg.teacher.model, built.tokenizer, splits, cache.k, cfg.data.max_length)
+        )
     except TeacherCacheError as err:
         raise ConfigError(f"config key 'train.teacher_cache': {err}") from None
+    return cache
 
 
 def cache_teacher(
@@ -725,6 +727,7 @@ def run_llm_distill(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     group = distributed.init_from_env(device.type)
+    check_parallel(cfg, group)
     if group.enabled and device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
     seed_everything(cfg.train.seed)
@@ -743,7 +746,7 @@ def run_llm_distill(
         chunk_size=tc.chunk_size,
         **t.params,
     ).to(device)
-    parallel, step_module = setup_parallel(cfg, distiller, device)
+    parallel, step_module = setup_parallel(cfg, distiller, device, group)
     autocast = autocast_factory(device, tc.precision)
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
