@@ -166,16 +166,16 @@ def second_jobs(runs: Path, regime: int, smoke: bool) -> list[dict]:
         if method == S.BDKD:
             chosen_bdkd = m["grid"][chosen["accuracy"]]
         for index in sorted(set(chosen.values())):
+            # the main (top-1) table first, then the ablations, then the NLL table's extra runs
+            priority = 1 if index == chosen["accuracy"] else 3
             for seed in S.REPORT_SEEDS:
-                jobs.append(
-                    job(runs, regime, seed, f"{method}-{index}", m["grid"][index], m["kind"], smoke)
-                )
+                j = job(runs, regime, seed, f"{method}-{index}", m["grid"][index], m["kind"], smoke)
+                jobs.append({**j, "priority": priority})
     if regime == 1 and chosen_bdkd is not None:
         for name, ab in S.ablations(chosen_bdkd).items():
             for seed in S.REPORT_SEEDS:
-                jobs.append(
-                    job(runs, regime, seed, f"ablation-{name}", ab["spec"], ab["kind"], smoke)
-                )
+                j = job(runs, regime, seed, f"ablation-{name}", ab["spec"], ab["kind"], smoke)
+                jobs.append({**j, "priority": 2})
     return jobs
 
 
@@ -183,16 +183,20 @@ def second_jobs(runs: Path, regime: int, smoke: bool) -> list[dict]:
 
 
 def with_cache_fillers(jobs: list[dict]) -> list[dict]:
-    """Offline jobs of one (regime, seed) share a cache: all but the first wait for it."""
+    """Order ``jobs`` by priority (first stage, main table, ablations, NLL table; stable);
+    offline jobs of one (regime, seed) share a cache: all but the first wait for it."""
+    jobs = sorted(jobs, key=lambda j: j.get("priority", 0))
     fillers: dict[tuple[int, int], str] = {}
     for j in jobs:
         if j["kind"] != "offline":
             continue
         key = (j["regime"], j["seed"])
+        teacher = str(Path(j["dir"]).parent / "teacher")
+        j["deps"] = [d for d in j["deps"] if d == teacher]
         if key not in fillers:
             fillers[key] = j["dir"]
         elif fillers[key] != j["dir"]:
-            j["deps"] = [*j["deps"], fillers[key]]
+            j["deps"].append(fillers[key])
     return jobs
 
 
