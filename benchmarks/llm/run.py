@@ -5,15 +5,18 @@
     pip install -e '.[llm]'                        # transformers, gguf, accelerate
     python benchmarks/llm/run.py                   # configs/llm/smollm2_python_docs.yaml
     python benchmarks/llm/run.py --steps 10        # a fast check (table to benchmarks/results/)
+    python benchmarks/llm/run.py --budget 1        # every objective at its usual setting only
 
 The teacher's top-k cache (``--cache-k``, 128; 0 runs the teacher live) is built once into
-benchmarks/runs/llm/<config>/cache (the config fixes the data split across seeds), then each
-objective runs `bdkd llm-distill CONFIG objective.name=... train.seed=S
-train.teacher_cache=CACHE` (same data, steps and student for all) into
-benchmarks/runs/llm/<config>/seed<S>/<objective>/ (a finished run is reused, a killed one
-resumed). The table goes to docs/results/llm.md (raw numbers to
-benchmarks/results/llm_<config>.json). Only the test split is reported; nothing is chosen
-on it.
+benchmarks/runs/llm/<config>/cache-k<K> (the config fixes the data split across seeds). Every
+objective gets the same tuning budget: the first ``--budget`` settings of its list in
+OBJECTIVES (2 by default; the first is its usual setting) are trained on seed 0, and the one
+with the lowest validation perplexity at the last step is trained on every ``--seeds`` seed
+(seed 0's run of it is reused). Each run is `bdkd llm-distill CONFIG <setting>
+train.seed=S train.teacher_cache=CACHE` (same data, steps and student for all) into
+benchmarks/runs/llm/<config>/full/seed<S>/<objective>-<i>/ (a finished run is reused, a
+killed one resumed). The table and the sweep go to docs/results/llm.md (raw numbers to
+benchmarks/results/llm_<config>.json). Only the test split is reported; it chooses nothing.
 """
 
 from __future__ import annotations
@@ -31,18 +34,45 @@ sys.path.insert(0, str(ROOT / "src"))
 from bdkd.llm.run import cache_teacher, load_llm_config, run_llm_distill  # noqa: E402
 
 CONFIG = ROOT / "configs" / "llm" / "smollm2_python_docs.yaml"
-# (label, overrides): the paper objectives with their usual parameters.
-OBJECTIVES = {
-    "forward_kl": ("forward KL", ["objective.name=forward_kl"]),
-    "reverse_kl": ("reverse KL", ["objective.name=reverse_kl"]),
-    "js_divergence": ("JSD (β=0.5)", ["objective.name=js_divergence"]),
-    "skew_forward_kl": ("skew forward KL (0.1)", ["objective.name=skew_forward_kl"]),
-    "ab_divergence": (
-        "ABKD (α=0.5, β=0.5)",
-        ["objective.name=ab_divergence", "objective.params={alpha: 0.5, beta: 0.5}"],
+# name -> (label, knob, settings as config overrides). Every objective gets the same budget:
+# the first ``--budget`` settings of its list (2 by default), trained on the selection seed
+# and chosen by validation perplexity; the first setting is the objective's usual one.
+OBJECTIVES: dict[str, tuple[str, str, list[list[str]]]] = {
+    "forward_kl": (
+        "forward KL",
+        "T",
+        [["objective.name=forward_kl", f"objective.temperature={t}"] for t in (1.0, 2.0)],
     ),
-    "bdkd": ("BD-KD (hard rule)", ["objective.name=bdkd"]),
+    "reverse_kl": (
+        "reverse KL",
+        "T",
+        [["objective.name=reverse_kl", f"objective.temperature={t}"] for t in (1.0, 2.0)],
+    ),
+    "js_divergence": (
+        "JSD",
+        "β",
+        [["objective.name=js_divergence", f"objective.params={{beta: {b}}}"] for b in (0.5, 0.1)],
+    ),
+    "skew_forward_kl": (
+        "skew forward KL",
+        "skew",
+        [["objective.name=skew_forward_kl", f"objective.params={{skew: {a}}}"] for a in (0.1, 0.3)],
+    ),
+    "ab_divergence": (
+        "ABKD",
+        "(α, β)",
+        [
+            ["objective.name=ab_divergence", f"objective.params={{alpha: {a}, beta: {b}}}"]
+            for a, b in ((0.5, 0.5), (0.2, 0.7))
+        ],
+    ),
+    "bdkd": (
+        "BD-KD (hard rule)",
+        "high (low 1)",
+        [["objective.name=bdkd", f"objective.params={{high: {h}, low: 1.0}}"] for h in (3.0, 2.0)],
+    ),
 }
+SELECTION_SEED = 0
 COLUMNS = [
     ("perplexity", "test ppl", 1.0, "{:.1f}"),
     ("accuracy", "next-token acc %", 100.0, "{:.1f}"),
@@ -66,11 +96,29 @@ def cell(rows: list[dict], key: str, scale: float, fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def setting_text(name: str, index: int) -> str:
+    """The overrides of one setting, without the objective's name."""
+    return ", ".join(
+        o.split("=", 1)[0].split(".")[-1] + " " + o.split("=", 1)[1]
+        for o in OBJECTIVES[name][2][index]
+        if not o.startswith("objective.name=")
+    ).replace("params {", "{")
+
+
+def last_val(run_dir: Path) -> float:
+    """The validation perplexity of a finished run's last evaluation."""
+    last = (run_dir / "metrics.jsonl").read_text().splitlines()[-1]
+    return float(json.loads(last)["val"]["perplexity"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--budget", type=int, default=2, help="settings per objective tried on the selection seed"
+    )
     parser.add_argument("--steps", type=int, default=None, help="fewer steps for a fast check")
     parser.add_argument("--cache-k", type=int, default=128, help="0: the teacher runs live")
     parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs" / "llm"))
@@ -87,30 +135,47 @@ def main() -> int:
             print(f"[{time.strftime('%H:%M:%S')}] caching the teacher", file=sys.stderr, flush=True)
             cache_teacher(load_llm_config(config), cache, k=args.cache_k, force=True)
         extra.append(f"train.teacher_cache={cache}")
-    summaries: dict[str, list[dict]] = {name: [] for name in names}
-    for seed in args.seeds:
-        for name in names:
-            label, overrides = OBJECTIVES[name]
-            run_dir = runs / f"seed{seed}" / name
-            if (run_dir / "summary.json").is_file():
-                summaries[name].append(json.loads((run_dir / "summary.json").read_text()))
-                continue
-            print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {label}", file=sys.stderr, flush=True)
-            resume = (run_dir / "checkpoints" / "last.pt").is_file()
-            cfg = load_llm_config(
-                run_dir / "config.yaml" if resume else config,
-                [] if resume else [*overrides, *extra, f"train.seed={seed}"],
-            )
-            summaries[name].append(run_llm_distill(cfg, run_dir, resume=resume, force=not resume))
+
+    def train(name: str, index: int, seed: int) -> dict:
+        """One run (a finished one is read back, a killed one resumed)."""
+        run_dir = runs / f"seed{seed}" / f"{name}-{index}"
+        if (run_dir / "summary.json").is_file():
+            return json.loads((run_dir / "summary.json").read_text())
+        label, _, settings = OBJECTIVES[name]
+        print(
+            f"[{time.strftime('%H:%M:%S')}] seed {seed} {label} {setting_text(name, index)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        cfg = load_llm_config(
+            run_dir / "config.yaml" if resume else config,
+            [] if resume else [*settings[index], *extra, f"train.seed={seed}"],
+        )
+        return run_llm_distill(cfg, run_dir, resume=resume, force=not resume)
+
+    # the sweep on the selection seed (its validation split chooses), then the chosen
+    # setting on every report seed (the selection seed's run of it is reused)
+    sweep: dict[str, list[float]] = {}
+    chosen: dict[str, int] = {}
+    for name in names:
+        sweep[name] = []
+        for index in range(min(args.budget, len(OBJECTIVES[name][2]))):
+            train(name, index, SELECTION_SEED)
+            sweep[name].append(last_val(runs / f"seed{SELECTION_SEED}" / f"{name}-{index}"))
+        chosen[name] = min(range(len(sweep[name])), key=lambda i: (sweep[name][i], i))
+    summaries: dict[str, list[dict]] = {
+        name: [train(name, chosen[name], seed) for seed in args.seeds] for name in names
+    }
     minutes = (time.perf_counter() - started) / 60
     first = summaries[names[0]][0]
     lines = [
-        "| objective | " + " | ".join(c[1] for c in COLUMNS) + " | minutes |",
-        "|---|" + "---:|" * (len(COLUMNS) + 1),
+        "| objective | chosen | " + " | ".join(c[1] for c in COLUMNS) + " | minutes |",
+        "|---|---|" + "---:|" * (len(COLUMNS) + 1),
     ]
     teacher = [s["results"]["teacher"] for s in summaries[names[0]] if "teacher" in s["results"]]
     lines.append(
-        "| teacher (SmolLM2-135M-Instruct) | "
+        "| teacher (SmolLM2-135M-Instruct) | – | "
         + " | ".join(cell(teacher, c[0], c[2], c[3]) for c in COLUMNS)
         + " | – |"
     )
@@ -118,17 +183,32 @@ def main() -> int:
         rows = [s["results"]["student"] for s in summaries[name]]
         times = [{"minutes": s["seconds"] / 60} for s in summaries[name] if "seconds" in s]
         lines.append(
-            f"| {OBJECTIVES[name][0]} | "
+            f"| {OBJECTIVES[name][0]} | {setting_text(name, chosen[name])} | "
             + " | ".join(cell(rows, c[0], c[2], c[3]) for c in COLUMNS)
             + f" | {cell(times, 'minutes', 1.0, '{:.1f}')} |"
         )
+    lines += [
+        "",
+        f"The sweep (seed {SELECTION_SEED}, validation perplexity at the last step; ★ chosen):",
+        "",
+        "| objective | setting | val ppl |",
+        "|---|---|---:|",
+    ]
+    for name in names:
+        for index, value in enumerate(sweep[name]):
+            mark = " ★" if index == chosen[name] else ""
+            lines.append(
+                f"| {OBJECTIVES[name][0]} | {setting_text(name, index)}{mark} | {value:.2f} |"
+            )
     table = "\n".join(lines)
     tokens = statistics.mean(s["results"]["student"]["tokens"] for s in summaries[names[0]])
     cached = first.get("teacher_cache")
     head = (
         f"Config `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}`. Student: "
         f"{first['student_parameters'] / 1e6:.1f}M parameters. {first['steps']} steps per run; "
-        f"seeds {args.seeds} (each seed its own student batches"
+        f"every objective's first {args.budget} setting(s) trained on seed {SELECTION_SEED} and "
+        "the one with the lowest validation perplexity kept (the test split chooses nothing); "
+        f"seeds {args.seeds} at that setting (each seed its own student batches"
         + (
             ", one fixed train / val / test split"
             if load_llm_config(config).data.split_seed is not None
@@ -146,7 +226,25 @@ def main() -> int:
     )
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     raw = ROOT / "benchmarks" / "results" / f"llm_{config.stem}{'_quick' if quick else ''}.json"
-    raw.write_text(json.dumps(summaries, indent=2) + "\n")
+    raw.write_text(
+        json.dumps(
+            {
+                "selection_seed": SELECTION_SEED,
+                "budget": args.budget,
+                "sweep": {
+                    n: [
+                        {"setting": OBJECTIVES[n][2][i], "val_perplexity": v}
+                        for i, v in enumerate(sweep[n])
+                    ]
+                    for n in names
+                },
+                "chosen": {n: OBJECTIVES[n][2][chosen[n]] for n in names},
+                "runs": summaries,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     out = ROOT / ("benchmarks/results/llm_quick.md" if quick else "docs/results/llm.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     reading = ""
@@ -154,7 +252,8 @@ def main() -> int:
         reading = "\n## Reading" + out.read_text().split("\n## Reading", 1)[1]
     out.write_text(
         f"# LLM distillation: {config.stem}\n\n"
-        "Generated by `python benchmarks/llm/run.py` (see its docstring for the installs).\n\n"
+        f"Generated by `{' '.join(['python benchmarks/llm/run.py', *sys.argv[1:]])}` (see its "
+        "docstring for the installs).\n\n"
         f"{head}\n\n{table}\n{reading}"
     )
     print(table)
