@@ -231,6 +231,9 @@ def regime_tables(data: dict, regime: int) -> list[str]:
         lines += [
             "### Ablations of BD-KD (at BD-KD (hard)'s setting chosen by top-1; seeds 1-5)",
             "",
+            f"Paired differences as above (mean [95 % CI], paired t-test p), Holm-adjusted over "
+            f"the {len(data['ablations'])} variants of each column.",
+            "",
             "| variant | seeds | top-1 % | ECE % | NLL | fitted T | BD-KD minus variant: Δ top-1 | Δ ECE | Δ NLL |",
             "|---|---|---|---|---|---|---|---|---|",
             "| BD-KD (hard), as in the main table | "
@@ -239,10 +242,21 @@ def regime_tables(data: dict, regime: int) -> list[str]:
             + f"{_cell([r['nll'] for r in reference.values()], 1, 4)} | "
             + f"{_cell([r['temperature'] for r in reference.values()], 1, 2)} | – | – | – |",
         ]
-        for ab in data["ablations"].values():
+        paired_rows = [
+            _paired_cells(reference, ab["seeds"])[0] for ab in data["ablations"].values()
+        ]
+        adjusted = []
+        for col in range(len(PAIRED)):
+            adj = iter(holm([r[col].p for r in paired_rows if r[col] is not None]))
+            adjusted.append([next(adj) if r[col] is not None else None for r in paired_rows])
+        for row, (ab, cells) in enumerate(
+            zip(data["ablations"].values(), paired_rows, strict=True)
+        ):
             seeds = ab["seeds"]
-            cells, n = _paired_cells(reference, seeds)
-            diffs = ["–" if c is None else c.text(PAIRED[i][3]) for i, c in enumerate(cells)]
+            diffs = [
+                "–" if c is None else c.text(PAIRED[i][3], adjusted[i][row])
+                for i, c in enumerate(cells)
+            ]
             lines.append(
                 f"| {ab['label']} | {len(seeds)} | "
                 f"{_cell([r['accuracy'] for r in seeds.values()], 100, 2)} | "
