@@ -8,13 +8,14 @@
     python benchmarks/llm/run.py --budget 1        # every objective at its usual setting only
 
 The teacher's top-k cache (``--cache-k``, 128; 0 runs the teacher live) is built once into
-benchmarks/runs/llm/<config>/cache-k<K> (the config fixes the data split across seeds). Every
+benchmarks/runs/llm/<config>-<hash>/cache-k<K> (the config fixes the data split across seeds;
+<hash> is the config file's, so an edited config never reuses a cache or a run). Every
 objective gets the same tuning budget: the first ``--budget`` settings of its list in
 OBJECTIVES (2 by default; the first is its usual setting) are trained on seed 0, and the one
 with the lowest validation perplexity at the last step is trained on every ``--seeds`` seed
 (seed 0's run of it is reused). Each run is `bdkd llm-distill CONFIG <setting>
 train.seed=S train.teacher_cache=CACHE` (same data, steps and student for all) into
-benchmarks/runs/llm/<config>/full/seed<S>/<objective>-<i>/ (a finished run is reused, a
+benchmarks/runs/llm/<config>-<hash>/full/seed<S>/<objective>-<i>/ (a finished run is reused, a
 killed one resumed). The table and the sweep go to docs/results/llm.md (raw numbers to
 benchmarks/results/llm_<config>.json). Only the test split is reported; it chooses nothing.
 """
@@ -22,6 +23,7 @@ benchmarks/results/llm_<config>.json). Only the test split is reported; it choos
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -127,10 +129,11 @@ def main() -> int:
     names = args.objectives or list(OBJECTIVES)
     quick = args.steps is not None
     extra = [f"train.steps={args.steps}", f"train.eval_every={args.steps}"] if quick else []
-    runs = Path(args.runs) / config.stem / ("quick" if quick else "full")
+    bank = Path(args.runs) / f"{config.stem}-{hashlib.sha256(config.read_bytes()).hexdigest()[:8]}"
+    runs = bank / ("quick" if quick else "full")
     started = time.perf_counter()
     if args.cache_k:
-        cache = Path(args.runs) / config.stem / f"cache-k{args.cache_k}"
+        cache = bank / f"cache-k{args.cache_k}"
         if not (cache / "meta.json").is_file():
             print(f"[{time.strftime('%H:%M:%S')}] caching the teacher", file=sys.stderr, flush=True)
             cache_teacher(load_llm_config(config), cache, k=args.cache_k, force=True)
