@@ -134,6 +134,21 @@ def _paired_cells(a: dict[int, dict], b: dict[int, dict]) -> tuple[list, int]:
     ], len(common)
 
 
+def _adjusted_texts(rows: list[list]) -> list[list[str]]:
+    """Each row's paired cells as text, p Holm-adjusted over the rows of each column."""
+    adjusted = []
+    for col in range(len(PAIRED)):
+        adj = iter(holm([r[col].p for r in rows if r[col] is not None]))
+        adjusted.append([next(adj) if r[col] is not None else None for r in rows])
+    return [
+        [
+            "–" if c is None else c.text(PAIRED[col][3], adjusted[col][i])
+            for col, c in enumerate(cells)
+        ]
+        for i, cells in enumerate(rows)
+    ]
+
+
 def strongest_baseline(data: dict, rule: str) -> str | None:
     """The baseline (not BD-KD) with the best mean validation value of the rule's metric over
     the report seeds: chosen on validation, never on test."""
@@ -193,16 +208,8 @@ def regime_tables(data: dict, regime: int) -> list[str]:
                     continue
                 cells, n = _paired_cells(reference["seeds"][rule], entry["seeds"][rule])
                 rows.append((method, entry["label"], cells, n))
-            adjusted = []
-            for col in range(len(PAIRED)):
-                ps = [r[2][col].p for r in rows if r[2][col] is not None]
-                adj = iter(holm(ps))
-                adjusted.append([next(adj) if r[2][col] is not None else None for r in rows])
-            for i, (method, label, cells, n) in enumerate(rows):
-                text = [
-                    "–" if c is None else c.text(PAIRED[col][3], adjusted[col][i])
-                    for col, c in enumerate(cells)
-                ]
+            texts = _adjusted_texts([r[2] for r in rows])
+            for (method, label, _, n), text in zip(rows, texts, strict=True):
                 mark = " (strongest)" if method == strongest else ""
                 lines.append(f"| {label}{mark} | {n} | " + " | ".join(text) + " |")
         lines.append("")
@@ -242,21 +249,10 @@ def regime_tables(data: dict, regime: int) -> list[str]:
             + f"{_cell([r['nll'] for r in reference.values()], 1, 4)} | "
             + f"{_cell([r['temperature'] for r in reference.values()], 1, 2)} | – | – | – |",
         ]
-        paired_rows = [
-            _paired_cells(reference, ab["seeds"])[0] for ab in data["ablations"].values()
-        ]
-        adjusted = []
-        for col in range(len(PAIRED)):
-            adj = iter(holm([r[col].p for r in paired_rows if r[col] is not None]))
-            adjusted.append([next(adj) if r[col] is not None else None for r in paired_rows])
-        for row, (ab, cells) in enumerate(
-            zip(data["ablations"].values(), paired_rows, strict=True)
-        ):
+        ablations = list(data["ablations"].values())
+        texts = _adjusted_texts([_paired_cells(reference, ab["seeds"])[0] for ab in ablations])
+        for ab, diffs in zip(ablations, texts, strict=True):
             seeds = ab["seeds"]
-            diffs = [
-                "–" if c is None else c.text(PAIRED[i][3], adjusted[i][row])
-                for i, c in enumerate(cells)
-            ]
             lines.append(
                 f"| {ab['label']} | {len(seeds)} | "
                 f"{_cell([r['accuracy'] for r in seeds.values()], 100, 2)} | "
