@@ -139,9 +139,12 @@ def main() -> int:
             cache_teacher(load_llm_config(config), cache, k=args.cache_k, force=True)
         extra.append(f"train.teacher_cache={cache}")
 
+    def run_dir_of(name: str, index: int, seed: int) -> Path:
+        return runs / f"seed{seed}" / f"{name}-{index}"
+
     def train(name: str, index: int, seed: int) -> dict:
         """One run (a finished one is read back, a killed one resumed)."""
-        run_dir = runs / f"seed{seed}" / f"{name}-{index}"
+        run_dir = run_dir_of(name, index, seed)
         if (run_dir / "summary.json").is_file():
             return json.loads((run_dir / "summary.json").read_text())
         label, _, settings = OBJECTIVES[name]
@@ -165,7 +168,7 @@ def main() -> int:
         sweep[name] = []
         for index in range(min(args.budget, len(OBJECTIVES[name][2]))):
             train(name, index, SELECTION_SEED)
-            sweep[name].append(last_val(runs / f"seed{SELECTION_SEED}" / f"{name}-{index}"))
+            sweep[name].append(last_val(run_dir_of(name, index, SELECTION_SEED)))
         chosen[name] = min(range(len(sweep[name])), key=lambda i: (sweep[name][i], i))
     summaries: dict[str, list[dict]] = {
         name: [train(name, chosen[name], seed) for seed in args.seeds] for name in names
