@@ -125,6 +125,8 @@ def main() -> int:
     parser.add_argument("--cache-k", type=int, default=128, help="0: the teacher runs live")
     parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "runs" / "llm"))
     args = parser.parse_args()
+    if args.budget < 1:
+        parser.error(f"--budget must be at least 1, got {args.budget}")
     config = Path(args.config)
     names = args.objectives or list(OBJECTIVES)
     quick = args.steps is not None
