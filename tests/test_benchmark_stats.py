@@ -41,3 +41,46 @@ def test_holm_adjustment():
     # p sorted: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04), monotone
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def _llm_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "llm" / "run.py"
+    spec = importlib.util.spec_from_file_location("bdkd_llm_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_llm_benchmark_pairs_bdkd_with_every_objective_seed_by_seed():
+    from scipy import stats
+
+    bench = _llm_benchmark()
+    names = ["forward_kl", "reverse_kl", "bdkd"]
+    ppl = {"forward_kl": [120.0, 118.0, 121.0], "reverse_kl": [150.0, 149.0, 155.0]}
+    ppl["bdkd"] = [115.0, 117.0, 116.0]
+
+    def summary(p: float) -> dict:
+        metrics = {"perplexity": p, "ece": 0.05, "nll": 4.8, "teacher_top1_agreement": 0.46}
+        return {"results": {"student": metrics}}
+
+    summaries = {n: [summary(p) for p in ppl[n]] for n in names}
+    lines = bench.paired_lines(names, summaries, [0, 1, 2])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+    assert set(rows) == {"objective", "forward KL", "reverse KL"}
+    p_fwd = stats.ttest_rel(ppl["bdkd"], ppl["forward_kl"]).pvalue
+    p_rev = stats.ttest_rel(ppl["bdkd"], ppl["reverse_kl"]).pvalue
+    # Holm over the two comparisons: the smaller p doubled, the larger at least that
+    smaller, larger = sorted([p_fwd, p_rev])
+    adjusted = {p_fwd: None, p_rev: None}
+    adjusted[smaller] = min(1.0, 2 * smaller)
+    adjusted[larger] = max(adjusted[smaller], larger)
+    assert rows["forward KL"].split(" | ")[1].startswith("-3.7 [")
+    assert f"p {adjusted[p_fwd]:.3f}" in rows["forward KL"]
+    assert rows["reverse KL"].split(" | ")[1].startswith("-35.3 [")
+    assert f"p {adjusted[p_rev]:.3f}" in rows["reverse KL"]
+    # equal metrics on every seed: difference 0, p 1
+    assert "+0.00 [+0.00, +0.00], p 1.000" in rows["forward KL"]
+    assert bench.paired_lines(names, summaries, [0]) == []
+    assert bench.paired_lines(["forward_kl", "reverse_kl"], summaries, [0, 1, 2]) == []

@@ -17,7 +17,8 @@ with the lowest validation perplexity at the last step is trained on every ``--s
 train.seed=S train.teacher_cache=CACHE` (same data, steps and student for all) into
 benchmarks/runs/llm/<config>-<hash>/full/seed<S>/<objective>-<i>/ (a finished run is reused, a
 killed one resumed). The table and the sweep go to docs/results/llm.md (raw numbers to
-benchmarks/results/llm_<config>.json). Only the test split is reported; it chooses nothing.
+benchmarks/results/llm_<config>.json), with BD-KD minus every other objective seed by seed
+(paired 95 % t intervals, Holm-adjusted p). Only the test split is reported; it chooses nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "methods"))
+
+from stats import holm, paired  # noqa: E402
 
 from bdkd.llm.run import cache_teacher, load_llm_config, run_llm_distill  # noqa: E402
 
@@ -75,6 +79,8 @@ OBJECTIVES: dict[str, tuple[str, str, list[list[str]]]] = {
     ),
 }
 SELECTION_SEED = 0
+# the objective every other one is compared with, seed by seed
+REFERENCE = "bdkd"
 COLUMNS = [
     ("perplexity", "test ppl", 1.0, "{:.1f}"),
     ("accuracy", "next-token acc %", 100.0, "{:.1f}"),
@@ -85,6 +91,13 @@ COLUMNS = [
     ("teacher_forward_kl", "KL(teacher‖student)", 1.0, "{:.3f}"),
     ("rouge_l_vs_teacher", "ROUGE-L vs teacher", 100.0, "{:.1f}"),
     ("rouge_l_vs_reference", "ROUGE-L vs text", 100.0, "{:.1f}"),
+]
+# (key, header, scale, digits) of the paired comparison with REFERENCE
+PAIRED = [
+    ("perplexity", "test ppl", 1.0, 1),
+    ("ece", "token ECE (points)", 100.0, 2),
+    ("nll", "NLL", 1.0, 3),
+    ("teacher_top1_agreement", "top-1 agree (points)", 100.0, 1),
 ]
 
 
@@ -105,6 +118,41 @@ def setting_text(name: str, index: int) -> str:
         for o in OBJECTIVES[name][2][index]
         if not o.startswith("objective.name=")
     ).replace("params {", "{")
+
+
+def paired_lines(names: list[str], summaries: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    """REFERENCE minus every other objective, seed by seed (same split, batches and student
+    start on a seed): mean [95 % t interval], paired t-test p Holm-adjusted over the
+    comparisons of each column. Empty without REFERENCE or with fewer than two seeds."""
+    others = [n for n in names if n != REFERENCE]
+    if REFERENCE not in names or len(seeds) < 2 or not others:
+        return []
+
+    def values(name: str, key: str, scale: float) -> list[float]:
+        return [s["results"]["student"][key] * scale for s in summaries[name]]
+
+    cells = [
+        [paired(values(REFERENCE, k, sc), values(n, k, sc)) for k, _, sc, _ in PAIRED]
+        for n in others
+    ]
+    adjusted = [holm([row[c].p for row in cells]) for c in range(len(PAIRED))]
+    lines = [
+        "",
+        f"Paired differences, {OBJECTIVES[REFERENCE][0]} minus each objective over seeds "
+        f"{seeds} (mean [95 % CI], paired t-test p, Holm-adjusted over the {len(others)} "
+        "comparisons of each column; negative perplexity, ECE and NLL favour "
+        f"{OBJECTIVES[REFERENCE][0]}):",
+        "",
+        "| objective | " + " | ".join(h for _, h, _, _ in PAIRED) + " |",
+        "|---|" + "---|" * len(PAIRED),
+    ]
+    for i, name in enumerate(others):
+        lines.append(
+            f"| {OBJECTIVES[name][0]} | "
+            + " | ".join(cells[i][c].text(PAIRED[c][3], adjusted[c][i]) for c in range(len(PAIRED)))
+            + " |"
+        )
+    return lines
 
 
 def last_val(run_dir: Path) -> float:
@@ -208,6 +256,7 @@ def main() -> int:
             lines.append(
                 f"| {OBJECTIVES[name][0]} | {setting_text(name, index)}{mark} | {value:.2f} |"
             )
+    lines += paired_lines(names, summaries, args.seeds)
     table = "\n".join(lines)
     tokens = statistics.mean(s["results"]["student"]["tokens"] for s in summaries[names[0]])
     cached = first.get("teacher_cache")
