@@ -144,6 +144,7 @@ def test_a_cached_teacher_with_every_token_trains_like_the_live_one(
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["k"] == vocab and meta["bytes_per_token"] == 6 * vocab + 2
     assert main(["llm-distill", str(offline_config), "--out", str(live)]) == 0
+    assert "warning" not in capsys.readouterr().err
     assert (
         main(
             [
@@ -156,6 +157,8 @@ def test_a_cached_teacher_with_every_token_trains_like_the_live_one(
         )
         == 0
     )
+    # BD-KD against a cache is approximate in general (exact here only because k = V): said once
+    assert capsys.readouterr().err.count("warning: objective 'bdkd' against a top-k") == 1
     # the cache stores log-probabilities in float16: equal up to that rounding
     a = json.loads((live / "summary.json").read_text())
     b = json.loads((cached / "summary.json").read_text())
@@ -167,6 +170,15 @@ def test_a_cached_teacher_with_every_token_trains_like_the_live_one(
     # the teacher's test metrics come from the cache, computed exactly at caching time
     for key in ("perplexity", "nll", "accuracy", "ece"):
         assert a["results"]["teacher"][key] == pytest.approx(b["results"]["teacher"][key], rel=1e-6)
+
+
+def test_the_cache_warns_for_every_objective_but_forward_kl_at_temperature_one():
+    from bdkd.llm.run import cache_warning
+
+    assert cache_warning("forward_kl", 1.0) is None
+    assert "objective.temperature 2" in cache_warning("forward_kl", 2.0)
+    for objective in ("reverse_kl", "js_divergence", "skew_forward_kl", "ab_divergence", "bdkd"):
+        assert f"objective {objective!r}" in cache_warning(objective, 1.0)
 
 
 def test_a_stale_or_damaged_cache_is_refused(offline_config, tmp_path, capsys):

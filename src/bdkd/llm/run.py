@@ -309,7 +309,8 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
     return teacher, student, tokenizer
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end of sequence."""
     pad = getattr(tokenizer, "pad_token_id", None)
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
@@ -661,6 +662,27 @@ def open_teacher_cache(cfg: LLMConfig, built: Built) -> Any:
     return cache
 
 
+def cache_warning(objective: str, temperature: float) -> str | None:
+    """Why training ``objective`` at ``temperature`` against a top-k cache is far from the live
+    teacher (None for forward KL at T = 1, the case the cache serves). Measured in
+    benchmarks/results/llm_topk_cache.md: at k = 128 forward KL's gradient is within 10 % of the
+    full-vocabulary one, reverse KL's about 100 % off, the others 40-76 %; and a tempered tail
+    bucket is tempered as one token. Reverse KL against a top-128 cache collapsed in training
+    (every token's mass moved to the tail bucket, where the cache cannot see the spread)."""
+    if objective == "forward_kl" and temperature == 1.0:
+        return None
+    why = (
+        f"objective {objective!r}"
+        if objective != "forward_kl"
+        else f"objective.temperature {temperature:g}"
+    )
+    return (
+        f"llm-distill: warning: {why} against a top-k teacher cache is only an approximation "
+        "(the cache serves forward KL at temperature 1; see docs/llm.md); run the teacher live "
+        "for a faithful objective"
+    )
+
+
 def cache_teacher(
     cfg: LLMConfig,
     out: str | Path,
@@ -696,7 +718,7 @@ def cache_teacher(
         out,
         k=k,
         key=key,
-        pad=_pad_id(tokenizer),
+        pad=pad_id(tokenizer),
         batch=batch or cfg.train.eval_batch,
         device=device,
         force=force,
@@ -733,7 +755,7 @@ def run_llm_distill(
     seed_everything(cfg.train.seed)
     teacher, student, tokenizer = build_models(cfg)
     train, val, test, dropped = build_data(cfg, tokenizer)
-    built = Built(teacher, student, tokenizer, train, val, test, dropped, _pad_id(tokenizer))
+    built = Built(teacher, student, tokenizer, train, val, test, dropped, pad_id(tokenizer))
     cache = open_teacher_cache(cfg, built)
     t, tc = cfg.objective, cfg.train
     distiller = CausalLMDistiller(
@@ -789,6 +811,9 @@ def run_llm_distill(
         from bdkd.engine.rundir import read_marker
 
         run_id = str((read_marker(run_dir) or {}).get("run_id", ""))
+    warning = cache_warning(t.name, t.temperature) if cache is not None else None
+    if warning and parallel.main:
+        print(warning, file=sys.stderr)
     if dropped and parallel.main:
         print(
             f"llm-distill: {dropped} text(s) left nothing to learn within data.max_length "
