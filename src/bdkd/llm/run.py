@@ -667,8 +667,9 @@ def cache_warning(objective: str, temperature: float) -> str | None:
     teacher (None for forward KL at T = 1, the case the cache serves). Measured in
     benchmarks/results/llm_topk_cache.md: at k = 128 forward KL's gradient is within 10 % of the
     full-vocabulary one, reverse KL's about 100 % off, the others 40-76 %; and a tempered tail
-    bucket is tempered as one token. Reverse KL against a top-128 cache collapsed in training
-    (every token's mass moved to the tail bucket, where the cache cannot see the spread)."""
+    bucket is tempered as one token. In training (docs/llm.md) forward KL at T = 2 ended at
+    validation perplexity 410 against a top-128 cache and 158 live, and reverse KL diverged
+    against the cache where the live run recovered."""
     if objective == "forward_kl" and temperature == 1.0:
         return None
     why = (
