@@ -11,9 +11,10 @@ The teacher runs live by default: every objective is then exact. ``--cache-k K``
 against its top-K cache instead, built once into benchmarks/runs/llm/<config>-<hash>/cache-kK;
 that is close only for forward KL at T = 1 (benchmarks/results/llm_topk_cache.md) and would
 confound the comparison (seed 0, validation perplexity: forward KL at T = 2 ended at 410
-against a top-128 cache, 158 live; reverse KL diverged against the cache, 7e39 at step 150). <hash> is the config file's (the config fixes the data split across
-seeds), so an edited config never reuses a cache or a run. Every objective gets the same
-tuning budget: the first ``--budget`` settings of its list in
+against a top-128 cache, 158 live; reverse KL diverged against the cache, 7e39 at step 150).
+<hash> is the config file's (the config fixes the data split across seeds), so an edited
+config never reuses a cache or a run. Every objective gets the same tuning budget: the first
+``--budget`` settings of its list in
 OBJECTIVES (2 by default; the first is its usual setting) are trained on seed 0, and the one
 with the lowest validation perplexity at the last step is trained on every ``--seeds`` seed
 (seed 0's run of it is reused). Each run is `bdkd llm-distill CONFIG <setting>
