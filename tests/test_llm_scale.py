@@ -264,7 +264,7 @@ def test_cached_teacher_rows_follow_the_batch_order(offline_config, tmp_path):
     from bdkd.llm.cache import TopKCache
     from bdkd.llm.data import collate
     from bdkd.llm.models import load_causal_lm
-    from bdkd.llm.run import _pad_id, build_data, load_llm_config
+    from bdkd.llm.run import build_data, load_llm_config, pad_id
 
     cache = tmp_path / "cache"
     assert main(["llm-cache-teacher", str(offline_config), "--out", str(cache), "--k", "5"]) == 0
@@ -272,7 +272,7 @@ def test_cached_teacher_rows_follow_the_batch_order(offline_config, tmp_path):
     teacher, tokenizer = load_causal_lm(cfg.teacher.model)
     train, _, _, _ = build_data(cfg, tokenizer)
     picked = [7, 2, 11]
-    b = collate([train[i] for i in picked], _pad_id(tokenizer))
+    b = collate([train[i] for i in picked], pad_id(tokenizer))
     with torch.no_grad():
         log_p = torch.log_softmax(
             teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1], -1
