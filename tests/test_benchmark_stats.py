@@ -84,3 +84,18 @@ def test_llm_benchmark_pairs_bdkd_with_every_objective_seed_by_seed():
     assert "+0.00 [+0.00, +0.00], p 1.000" in rows["forward KL"]
     assert bench.paired_lines(names, summaries, [0]) == []
     assert bench.paired_lines(["forward_kl", "reverse_kl"], summaries, [0, 1, 2]) == []
+
+
+def test_llm_benchmark_sweep_table_marks_the_lowest_validation_perplexity():
+    bench = _llm_benchmark()
+
+    def val(ppl: float) -> dict[str, float]:
+        return {"perplexity": ppl, "nll": 4.9, "ece": 0.0612, "teacher_top1_agreement": 0.405}
+
+    sweep = {"forward_kl": [val(142.2), val(158.4)], "reverse_kl": [val(6.1e10), val(268.1)]}
+    chosen = {"forward_kl": 0, "reverse_kl": 1}
+    lines = bench.sweep_lines(sweep, chosen)
+    rows = [line for line in lines if line.startswith("| forward KL") or line.startswith("| rev")]
+    assert len(rows) == 4
+    assert rows[0].startswith("| forward KL | temperature 1.0 ★ | 142.20 | 4.900 | 6.12 | 40.5 |")
+    assert "★" not in rows[1] and "★" not in rows[2] and "★" in rows[3]
