@@ -93,7 +93,9 @@ def test_llm_benchmark_sweep_table_marks_the_lowest_validation_perplexity():
         return {"perplexity": ppl, "nll": 4.9, "ece": 0.0612, "teacher_top1_agreement": 0.405}
 
     sweep = {"forward_kl": [val(142.2), val(158.4)], "reverse_kl": [val(6.1e10), val(268.1)]}
-    chosen = {"forward_kl": 0, "reverse_kl": 1}
+    chosen = {name: bench.choose(rows) for name, rows in sweep.items()}
+    assert chosen == {"forward_kl": 0, "reverse_kl": 1}
+    assert bench.choose([val(3.0), val(2.0), val(2.0)]) == 1
     lines = bench.sweep_lines(sweep, chosen)
     rows = [line for line in lines if line.startswith("| forward KL") or line.startswith("| rev")]
     assert len(rows) == 4
