@@ -119,33 +119,37 @@ def _bin_index(values: Tensor, n_bins: int) -> Tensor:
     The edges are rounded to the values' own dtype, so a float32 0.6 sits on the edge 9/15
     exactly as a float64 0.6 does.
     """
-    inner = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1].to(values.dtype)
+    inner = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1]
+    inner = inner.to(device=values.device, dtype=values.dtype)
     return torch.bucketize(values.contiguous(), inner, right=False)
 
 
 def binned_sums(values: Tensor, hits: Tensor, n_bins: int) -> Tensor:
     """(M, 3) per-bin [count, sum of values, sum of hits] (float64) over equal-width bins of
-    ``values`` in [0, 1]: what streaming ECE sums across batches."""
+    ``values`` in [0, 1]: what streaming ECE sums across batches. Summed on the values'
+    device, returned on the CPU (where the accumulators live)."""
     idx = _bin_index(values, n_bins)
-    out = torch.zeros(n_bins, 3, dtype=torch.float64)
+    out = torch.zeros(n_bins, 3, dtype=torch.float64, device=values.device)
     out[:, 0].index_add_(0, idx, torch.ones_like(values, dtype=torch.float64))
     out[:, 1].index_add_(0, idx, values.double())
-    out[:, 2].index_add_(0, idx, hits.double())
-    return out
+    out[:, 2].index_add_(0, idx, hits.to(values.device).double())
+    return out.cpu()
 
 
 def _classwise_sums(probs: Tensor, labels: Tensor, n_bins: int) -> Tensor:
-    """(C, M, 3) per-class, per-bin [count, sum of q_ik, sum of 1[y = k]]."""
+    """(C, M, 3) per-class, per-bin [count, sum of q_ik, sum of 1[y = k]], summed on the
+    probabilities' device and returned on the CPU."""
     n, c = probs.shape
-    idx = _bin_index(probs, n_bins) + n_bins * torch.arange(c).unsqueeze(0)
-    onehot = torch.zeros(n, c, dtype=torch.float64)
-    onehot[torch.arange(n), labels] = 1.0
-    out = torch.zeros(c * n_bins, 3, dtype=torch.float64)
+    dev = probs.device
+    idx = _bin_index(probs, n_bins) + n_bins * torch.arange(c, device=dev).unsqueeze(0)
+    onehot = torch.zeros(n, c, dtype=torch.float64, device=dev)
+    onehot[torch.arange(n, device=dev), labels.to(dev)] = 1.0
+    out = torch.zeros(c * n_bins, 3, dtype=torch.float64, device=dev)
     flat = idx.reshape(-1)
-    out[:, 0].index_add_(0, flat, torch.ones(n * c, dtype=torch.float64))
+    out[:, 0].index_add_(0, flat, torch.ones(n * c, dtype=torch.float64, device=dev))
     out[:, 1].index_add_(0, flat, probs.double().reshape(-1))
     out[:, 2].index_add_(0, flat, onehot.reshape(-1))
-    return out.reshape(c, n_bins, 3)
+    return out.reshape(c, n_bins, 3).cpu()
 
 
 def ece_from_sums(sums: Tensor, n: float) -> float:
