@@ -7,6 +7,7 @@
     python benchmarks/llm/run.py --steps 10        # a fast check (table to benchmarks/results/)
     python benchmarks/llm/run.py --budget 1        # every objective at its usual setting only
     python benchmarks/llm/run.py --sweep-only      # the selection sweep (seed 0) alone
+    python benchmarks/llm/run.py --jobs 12         # on a GPU: 12 runs at once, one process each
 
 The teacher runs live by default: every objective is then exact. ``--cache-k K`` trains
 against its top-K cache instead, built once into benchmarks/runs/llm/<config>-<hash>/cache-kK;
@@ -31,12 +32,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "methods"))
 
 from stats import holm, paired  # noqa: E402
 
+from bdkd.engine.build import resolve_device  # noqa: E402
 from bdkd.llm.run import (  # noqa: E402
     build_data,
     build_models,
@@ -179,8 +182,9 @@ def untrained_student(config: Path, bank: Path) -> dict[str, float]:
     cfg = load_llm_config(config)
     _, student, tokenizer = build_models(cfg)
     _, _, test, _ = build_data(cfg, tokenizer)
+    device = resolve_device(cfg.train.device)
     metrics = evaluate_lm(
-        student, None, test, pad_id(tokenizer), torch.device("cpu"), batch=cfg.train.eval_batch
+        student.to(device), None, test, pad_id(tokenizer), device, batch=cfg.train.eval_batch
     )
     path.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -244,9 +248,20 @@ def main() -> int:
         action="store_true",
         help="stop after the selection sweep; its table to benchmarks/results/llm_<config>_sweep.md",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (several fit on one GPU)",
+    )
+    parser.add_argument(
+        "--one", nargs=3, metavar=("OBJECTIVE", "INDEX", "SEED"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.budget < 1:
         parser.error(f"--budget must be at least 1, got {args.budget}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     config = Path(args.config)
     names = args.objectives or list(OBJECTIVES)
     quick = args.steps is not None
@@ -283,15 +298,58 @@ def main() -> int:
         )
         return run_llm_distill(cfg, run_dir, resume=resume, force=not resume)
 
+    if args.one:
+        name, index, seed = args.one[0], int(args.one[1]), int(args.one[2])
+        if name not in OBJECTIVES or not 0 <= index < len(OBJECTIVES[name][2]):
+            parser.error(f"--one: no setting {index} of objective {name!r}")
+        train(name, index, seed)
+        return 0
+
+    def train_all(keys: list[tuple[str, int, int]]) -> None:
+        """Train the unfinished runs of ``keys``, ``--jobs`` at a time, each in its own process
+        (its output to <run dir>.log); a run that fails stops the benchmark naming its log."""
+        todo = [k for k in dict.fromkeys(keys) if not (run_dir_of(*k) / "summary.json").is_file()]
+        if args.jobs == 1 or len(todo) < 2:
+            for key in todo:
+                train(*key)
+            return
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+
+        def one(key: tuple[str, int, int]) -> tuple[Path, int]:
+            log = run_dir_of(*key).with_suffix(".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] seed {key[2]} {OBJECTIVES[key[0]][0]} "
+                f"{setting_text(key[0], key[1])} (log {log})",
+                file=sys.stderr,
+                flush=True,
+            )
+            with log.open("a") as out:
+                command = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
+                command += ["--runs", args.runs, "--cache-k", str(args.cache_k)]
+                command += ["--steps", str(args.steps)] if quick else []
+                command += ["--one", key[0], str(key[1]), str(key[2])]
+                code = subprocess.run(
+                    command, stdout=out, stderr=subprocess.STDOUT, env=env
+                ).returncode
+            return log, code
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            failed = [log for log, code in pool.map(one, todo) if code != 0]
+        if failed:
+            raise SystemExit(
+                f"error: {len(failed)} run(s) failed; see {', '.join(map(str, failed))}"
+            )
+
     # the sweep on the selection seed (its validation split chooses), then the chosen
     # setting on every report seed (the selection seed's run of it is reused)
     sweep: dict[str, list[dict[str, float]]] = {}
     chosen: dict[str, int] = {}
+    budget = {name: range(min(args.budget, len(OBJECTIVES[name][2]))) for name in names}
+    train_all([(name, index, SELECTION_SEED) for name in names for index in budget[name]])
     for name in names:
-        sweep[name] = []
-        for index in range(min(args.budget, len(OBJECTIVES[name][2]))):
-            train(name, index, SELECTION_SEED)
-            sweep[name].append(last_val(run_dir_of(name, index, SELECTION_SEED)))
+        sweep[name] = [last_val(run_dir_of(name, index, SELECTION_SEED)) for index in budget[name]]
         chosen[name] = choose(sweep[name])
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
@@ -307,6 +365,7 @@ def main() -> int:
         )
         print(sweep_table)
         return 0
+    train_all([(name, chosen[name], seed) for name in names for seed in args.seeds])
     summaries: dict[str, list[dict]] = {
         name: [train(name, chosen[name], seed) for seed in args.seeds] for name in names
     }
@@ -359,7 +418,10 @@ def main() -> int:
             if cached
             else ""
         )
-        + "Token ECE with 15 bins. Minutes: one run, training + evaluation, 2 CPU cores. "
+        + "Token ECE with 15 bins. Minutes: one run, training + evaluation, on "
+        + f"{first.get('device', '2 CPU cores')}"
+        + (f", {args.jobs} runs at once" if args.jobs > 1 else "")
+        + ". "
         f"Regenerated in {minutes:.0f} min (finished runs reused)."
     )
     raw = results / f"{stem}.json"

@@ -972,6 +972,9 @@ def finish(
         "teacher": cfg.teacher.model,
         "teacher_cache": None if cache is None else {"path": str(cache.path), "k": cache.k},
         "processes": parallel.world,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads",
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "trainable_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "teacher_parameters": None
