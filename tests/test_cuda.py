@@ -78,25 +78,40 @@ def test_image_distillation_trains_and_evaluates_on_cuda(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
 
 
-def test_llm_distillation_trains_and_evaluates_on_cuda(tiny_lms, tmp_path):
-    # plain-text paragraphs: the jsonl reader needs the datasets package, which a GPU image
-    # may lack
+def _llm_run(tiny_lms, tmp_path, name: str, train: str) -> tuple[dict, dict]:
+    """An llm-distill run on CUDA; (summary, first metrics line). Plain-text paragraphs: the
+    jsonl reader needs the datasets package, which a GPU image may lack."""
     text = tmp_path / "text.txt"
     text.write_text(
         "\n\n".join(f"Paragraph {i} says that {i} and {i} make {2 * i}." for i in range(40))
     )
-    config = tmp_path / "cuda.yaml"
+    config = tmp_path / f"{name}.yaml"
     config.write_text(
         f"""teacher: {{model: {tiny_lms["teacher"]}}}
 student: {{model: {tiny_lms["student"]}}}
 data: {{files: [{text}], format: paragraphs, max_length: 32, prompt_tokens: 4, val_size: 4, test_size: 4}}
 objective: {{name: bdkd, temperature: 1.0}}
-train: {{steps: 4, micro_batch: 2, lr: 0.003, eval_every: 2, eval_batch: 4, max_new_tokens: 6, device: cuda, progress: false}}
+train: {{steps: 4, micro_batch: 2, lr: 0.003, eval_every: 2, eval_batch: 4, max_new_tokens: 6, device: cuda, progress: false, {train}}}
 """
     )
-    run = tmp_path / "run"
+    run = tmp_path / name
     assert main(["llm-distill", str(config), "--out", str(run)]) == 0
-    summary = json.loads((run / "summary.json").read_text())
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    return json.loads((run / "summary.json").read_text()), first
+
+
+def test_llm_distillation_trains_and_evaluates_on_cuda(tiny_lms, tmp_path):
+    summary, first = _llm_run(tiny_lms, tmp_path, "fp32", "precision: fp32")
     assert summary["device"] != "cpu" and not summary["device"].startswith("cpu,")
     for value in summary["results"]["student"].values():
         assert math.isfinite(value)
+    # bf16 autocast with gradient checkpointing: the same run within bf16's rounding
+    low, low_first = _llm_run(
+        tiny_lms, tmp_path, "bf16", "precision: bf16, gradient_checkpointing: true"
+    )
+    for value in low["results"]["student"].values():
+        assert math.isfinite(value)
+    assert low_first["train"]["bdkd"] == pytest.approx(first["train"]["bdkd"], rel=0.05)
+    assert low["results"]["student"]["nll"] == pytest.approx(
+        summary["results"]["student"]["nll"], rel=0.05
+    )
