@@ -101,3 +101,38 @@ def test_llm_benchmark_sweep_table_marks_the_lowest_validation_perplexity():
     assert len(rows) == 4
     assert rows[0].startswith("| forward KL | temperature 1.0 ★ | 142.20 | 4.900 | 6.12 | 40.5 |")
     assert "★" not in rows[1] and "★" not in rows[2] and "★" in rows[3]
+
+
+def test_llm_benchmark_runs_jobs_at_once_and_names_the_failed_logs(tmp_path):
+    import sys
+
+    bench = _llm_benchmark()
+    # each job marks its start and waits (up to argv[3] s, else exit 3) until 3 jobs have
+    # started in its folder: only jobs that run at once all finish
+    wait = (
+        "import os, sys, time; d, t = sys.argv[2], time.time()\n"
+        "open(os.path.join(d, sys.argv[1] + '.go'), 'w').close()\n"
+        "while len([f for f in os.listdir(d) if f.endswith('.go')]) < 3:\n"
+        "    time.sleep(0.05)\n"
+        "    if time.time() - t > float(sys.argv[3]): sys.exit(3)\n"
+        "print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[4]))"
+    )
+
+    def jobs(folder, codes, patience):
+        folder.mkdir()
+        return [
+            (
+                f"job {i}",
+                [sys.executable, "-c", wait, str(i), str(folder), patience, str(code)],
+                folder / "logs" / f"{i}.log",
+            )
+            for i, code in enumerate(codes)
+        ]
+
+    together = jobs(tmp_path / "together", [0, 1, 0], "30")
+    assert bench.run_parallel(together, 3) == [tmp_path / "together" / "logs" / "1.log"]
+    for _, _, log in together:
+        assert log.read_text().startswith("threads ")
+    # one at a time, the first job waits for the others in vain
+    alone = jobs(tmp_path / "alone", [0, 0, 0], "1")
+    assert bench.run_parallel(alone, 1) == [job[2] for job in alone[:2]]

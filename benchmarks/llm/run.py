@@ -231,6 +231,25 @@ def sweep_lines(sweep: dict[str, list[dict[str, float]]], chosen: dict[str, int]
     return lines
 
 
+def run_parallel(jobs: list[tuple[str, list[str], Path]], workers: int) -> list[Path]:
+    """Run each (label, command, log) in its own process, ``workers`` at a time, its output
+    appended to its log; returns the logs of the commands that failed. Each process gets
+    OMP_NUM_THREADS = cores / workers unless the environment sets it."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+    def one(job: tuple[str, list[str], Path]) -> tuple[Path, int]:
+        label, command, log = job
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {label} (log {log})", file=sys.stderr, flush=True)
+        with log.open("a") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        return log, code
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [log for log, code in pool.map(one, jobs) if code != 0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(CONFIG))
@@ -314,30 +333,15 @@ def main() -> int:
             for key in todo:
                 train(*key)
             return
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
-
-        def one(key: tuple[str, int, int]) -> tuple[Path, int]:
-            log = run_dir_of(*key).with_suffix(".log")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            print(
-                f"[{time.strftime('%H:%M:%S')}] seed {key[2]} {OBJECTIVES[key[0]][0]} "
-                f"{setting_text(key[0], key[1])} (log {log})",
-                file=sys.stderr,
-                flush=True,
-            )
-            with log.open("a") as out:
-                command = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
-                command += ["--runs", args.runs, "--cache-k", str(args.cache_k)]
-                command += ["--steps", str(args.steps)] if quick else []
-                command += ["--one", key[0], str(key[1]), str(key[2])]
-                code = subprocess.run(
-                    command, stdout=out, stderr=subprocess.STDOUT, env=env
-                ).returncode
-            return log, code
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            failed = [log for log, code in pool.map(one, todo) if code != 0]
+        jobs = []
+        for key in todo:
+            command = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
+            command += ["--runs", args.runs, "--cache-k", str(args.cache_k)]
+            command += ["--steps", str(args.steps)] if quick else []
+            command += ["--one", key[0], str(key[1]), str(key[2])]
+            label = f"seed {key[2]} {OBJECTIVES[key[0]][0]} {setting_text(key[0], key[1])}"
+            jobs.append((label, command, run_dir_of(*key).with_suffix(".log")))
+        failed = run_parallel(jobs, args.jobs)
         if failed:
             raise SystemExit(
                 f"error: {len(failed)} run(s) failed; see {', '.join(map(str, failed))}"
