@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,8 +69,6 @@ def test_token_metrics_on_cuda_equal_cpu():
 
 
 def test_image_distillation_trains_and_evaluates_on_cuda(tmp_path):
-    from pathlib import Path
-
     config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "bdkd.yaml"
     run = tmp_path / "run"
     args = ["train", str(config), "train.epochs=1", "train.device=cuda", "--out", str(run)]
@@ -102,7 +101,7 @@ train: {{steps: 4, micro_batch: 2, lr: 0.003, eval_every: 2, eval_batch: 4, max_
 
 def test_llm_distillation_trains_and_evaluates_on_cuda(tiny_lms, tmp_path):
     summary, first = _llm_run(tiny_lms, tmp_path, "fp32", "precision: fp32")
-    assert summary["device"] != "cpu" and not summary["device"].startswith("cpu,")
+    assert not summary["device"].startswith("cpu")
     for value in summary["results"]["student"].values():
         assert math.isfinite(value)
     # bf16 autocast with gradient checkpointing: the same run within bf16's rounding
