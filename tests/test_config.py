@@ -64,10 +64,12 @@ def test_errors_name_the_key(data, message):
 def test_overrides_parse_yaml_values_and_create_keys():
     data = apply_overrides(
         MINIMAL,
-        ["train.epochs=5", "method.temperature=2", "schedule.milestones=[1, 2]", "output.name=x"],
+        ["train.epochs=5", "method.ce_weight=2", "schedule.milestones=[1, 2]", "output.name=x"],
     )
     cfg = validate(data)
-    assert cfg.train.epochs == 5 and cfg.method_hparams == {"temperature": 2}
+    assert cfg.train.epochs == 5 and cfg.method_hparams == {"ce_weight": 2}
+    with pytest.raises(ConfigError, match="'method.temperature': is not a hyper-parameter"):
+        validate(apply_overrides(MINIMAL, ["method.temperature=2"]))
     assert cfg.schedule.milestones == [1, 2] and cfg.output.name == "x"
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides(MINIMAL, ["train.epochs"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bdkd.config import load_config
-from bdkd.distillers import create_distiller
+from bdkd.distillers import PixelRows, create_distiller
 from bdkd.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
@@ -51,7 +51,9 @@ def test_config_builds(path):
         name: create_model(net.model, classes, **(kwargs if net.model.startswith("mlp") else {}))
         for name, net in cfg.networks.items()
     }
-    distiller = create_distiller(cfg.method_name, networks, **cfg.method_hparams)
+    dense = cfg.data.dataset in ("fashion_scenes", "cityscapes")
+    layout = PixelRows() if dense else None
+    distiller = create_distiller(cfg.method_name, networks, layout=layout, **cfg.method_hparams)
     for frozen in distiller.frozen:
         net = cfg.networks[frozen]
         assert net.checkpoint or net.weights, f"{path}: frozen {frozen} has no weights"

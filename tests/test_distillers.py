@@ -217,9 +217,9 @@ def test_uskd_head_trains_with_the_student():
 def test_creation_errors_are_clear():
     with pytest.raises(ValueError, match="unknown method 'kdd'"):
         create_distiller("kdd", networks())
-    with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['temprature'\]"):
+    with pytest.raises(ValueError, match="temprature is not a hyper-parameter.*did you mean"):
         create_distiller("bdkd", networks(), temprature=2.0)
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="alpha is required"):
         create_distiller("abkd", networks())
     with pytest.raises(ValueError, match="needs networks 'teacher' and 'student'"):
         create_distiller("kd", {"student": TinyNet(4)})

@@ -126,7 +126,7 @@ def test_bad_overrides_and_configs_are_one_line_errors(tmp_path, capsys):
         )
         == 2
     )
-    assert "rule must be" in capsys.readouterr().err
+    assert "'method.rule': must be one of ['hard', 'soft']" in capsys.readouterr().err
     assert (
         main(
             [

@@ -379,7 +379,9 @@ def test_floats_in_exponent_notation_are_accepted(tmp_path):
         ("train.eval_every=0", "config key 'train.eval_every': must be >= 1"),
         ("train.micro_batch=0", "config key 'train.micro_batch': must be >= 1"),
         ("train.steps=0", "config key 'train.steps': must be >= 1"),
-        ("objective.params={beta: 2}", "config key 'objective.params'"),
+        ("objective.params={beta: 2}", "'objective.params.beta': is not a hyper-parameter"),
+        ("objective.params={high: -1}", "config key 'objective.params.high': must be >= 0"),
+        ("objective.params={rule: medium}", "'objective.params.rule': must be one of"),
     ],
 )
 def test_llm_numeric_ranges_name_the_key(override, fragment, tiny_llm_config, tmp_path, capsys):

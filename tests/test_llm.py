@@ -338,7 +338,7 @@ def test_smollm2_gguf_teacher_loads_offline():
 
 def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch, tiny_llm_config):
     from bdkd.cli import main
-    from bdkd.llm import run as llm_run
+    from bdkd.llm import trainer as llm_trainer
 
     cfg = tiny_llm_config
     whole = tmp_path / "whole"
@@ -360,19 +360,17 @@ def test_llm_distill_cli_runs_and_resumes_exactly(tmp_path, capsys, monkeypatch,
     )
     assert len((whole / "metrics.jsonl").read_text().splitlines()) == 2
 
-    real = llm_run.accumulate_step
-    calls = {"n": 0}
+    real = llm_trainer.LLMTrainer.train_step
 
-    def crash_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def crash_at_the_third_step(self, step):
+        if step == 2:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, step)
 
     broken = tmp_path / "broken"
-    monkeypatch.setattr(llm_run, "accumulate_step", crash_on_third)
+    monkeypatch.setattr(llm_trainer.LLMTrainer, "train_step", crash_at_the_third_step)
     assert main(["llm-distill", str(cfg), "--out", str(broken)]) == 130  # interrupted
-    monkeypatch.setattr(llm_run, "accumulate_step", real)
+    monkeypatch.setattr(llm_trainer.LLMTrainer, "train_step", real)
     assert not (broken / "summary.json").exists()
     assert main(["llm-distill", "--resume", str(broken)]) == 0
     a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["networks"]["student"]

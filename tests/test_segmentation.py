@@ -146,7 +146,7 @@ def test_paired_augmentation_moves_image_and_label_map_together():
 
 
 def test_objectives_apply_per_valid_pixel():
-    from bdkd.distillers import create_distiller
+    from bdkd.distillers import PixelRows, create_distiller
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 5, 4, 3, generator=g), torch.randn(2, 5, 4, 3, generator=g)
@@ -170,7 +170,12 @@ def test_objectives_apply_per_valid_pixel():
             def forward(self, x):
                 return self.z
 
-        d = create_distiller(method, {"teacher": Fixed(t), "student": Fixed(s)}, warmup_epochs=0)
+        d = create_distiller(
+            method,
+            {"teacher": Fixed(t), "student": Fixed(s)},
+            layout=PixelRows(255),
+            warmup_epochs=0,
+        )
         out = d(torch.zeros(2), labels)
         torch.testing.assert_close(out.losses["student"][method], reference(), msg=method)
         ce = F.cross_entropy(s, labels, ignore_index=255)
@@ -196,7 +201,7 @@ def test_cwd_matches_its_formula():
 
 
 def test_teacher_and_student_at_other_resolutions_are_compared_at_the_labels():
-    from bdkd.distillers import create_distiller
+    from bdkd.distillers import PixelRows, create_distiller
 
     class Fixed(torch.nn.Module):
         def __init__(self, z):
@@ -210,7 +215,9 @@ def test_teacher_and_student_at_other_resolutions_are_compared_at_the_labels():
     coarse = torch.randn(1, 3, 2, 2, generator=g)
     fine = torch.randn(1, 3, 4, 4, generator=g)
     labels = torch.randint(0, 3, (1, 4, 4), generator=g)
-    d = create_distiller("kd", {"teacher": Fixed(coarse), "student": Fixed(fine)})
+    d = create_distiller(
+        "kd", {"teacher": Fixed(coarse), "student": Fixed(fine)}, layout=PixelRows(255)
+    )
     out = d(torch.zeros(1), labels)
     up = F.interpolate(coarse, size=(4, 4), mode="bilinear", align_corners=False)
     from bdkd.losses import kd_loss

@@ -85,14 +85,22 @@ class OptimConfig:
     betas: list[float] = spec(default_factory=lambda: [0.9, 0.999], items={"ge": 0, "lt": 1})
 
 
+SCHEDULES = ("multistep", "cosine", "poly", "constant")
+
+
 @dataclass
 class ScheduleConfig:
-    name: str = spec("multistep", choices=("multistep", "cosine", "poly", "constant"))
+    name: str = spec("multistep", choices=SCHEDULES)
     milestones: list[int] = spec(default_factory=lambda: [150, 180, 210], items={"ge": 0})
     gamma: float = spec(0.1, gt=0)
     power: float = spec(0.9, gt=0)
     warmup_epochs: int = spec(0, ge=0)
     min_lr: float = spec(0.0, ge=0)
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up length in the schedule's unit (epochs)."""
+        return self.warmup_epochs
 
 
 @dataclass
@@ -329,12 +337,14 @@ def validate(data: dict[str, Any]) -> Config:
             )
         cfg.network_optim(name)
         cfg.network_schedule(name)
-    from bdkd.distillers import HParamError, check_hparam_values
+    from bdkd.distillers import HParamError, check_method
 
     try:
-        check_hparam_values(cfg.method_hparams)
+        check_method(cfg.method_name, cfg.method_hparams)
     except HParamError as err:
         raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
+    except ValueError as err:
+        raise ConfigError(f"config key 'method.name': {err}") from None
     d = cfg.data
     if (d.mean is None) != (d.std is None) or (
         d.mean is not None and len(d.mean) != len(d.std or [])

@@ -33,9 +33,16 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
+
+from bdkd.hparams import Range
+
+POSITIVE = Range(gt=0)
+UNIT = Range(ge=0, le=1)
+TEMPERATURE = Annotated[float, POSITIVE]
 
 __all__ = [
     "REDUCTIONS",
@@ -46,6 +53,7 @@ __all__ = [
     "row_values",
     "ab_divergence",
     "entropy",
+    "entropy_rows",
     "forward_kl",
     "js_divergence",
     "reverse_kl",
@@ -333,17 +341,22 @@ def _tv_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
-def _skew_forward(skew: float = 0.1) -> RowFn:
+def entropy_rows(log_r: Tensor) -> Tensor:
+    """Shannon entropy per row from log-probabilities (N, C); zero-probability classes add 0."""
+    return -_weighted_log_ratio(log_r.exp(), log_r, log_r.new_zeros(())).sum(-1)
+
+
+def _skew_forward(*, skew: Annotated[float, UNIT] = 0.1) -> RowFn:
     _check_unit_interval("skew", skew)
     return lambda log_q, log_p: kl_rows(log_p, _log_mix(log_p, log_q, skew)) + _graph_anchor(log_q)
 
 
-def _skew_reverse(skew: float = 0.1) -> RowFn:
+def _skew_reverse(*, skew: Annotated[float, UNIT] = 0.1) -> RowFn:
     _check_unit_interval("skew", skew)
     return lambda log_q, log_p: kl_rows(log_q, _log_mix(log_q, log_p, skew)) + _graph_anchor(log_p)
 
 
-def _js(beta: float = 0.5) -> RowFn:
+def _js(*, beta: Annotated[float, UNIT] = 0.5) -> RowFn:
     _check_unit_interval("beta", beta)
 
     def js_rows(log_q: Tensor, log_p: Tensor) -> Tensor:
@@ -358,7 +371,7 @@ def _js(beta: float = 0.5) -> RowFn:
     return js_rows
 
 
-def _ab(alpha: float, beta: float) -> RowFn:
+def _ab(*, alpha: float, beta: float) -> RowFn:
     for key, value in (("alpha", alpha), ("beta", beta)):
         if not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
@@ -428,7 +441,7 @@ def forward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -441,7 +454,7 @@ def reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -455,7 +468,7 @@ def js_divergence(
     teacher_logits: Tensor,
     *,
     beta: float = 0.5,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -473,7 +486,7 @@ def skew_forward_kl(
     teacher_logits: Tensor,
     *,
     skew: float = 0.1,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -487,7 +500,7 @@ def skew_reverse_kl(
     teacher_logits: Tensor,
     *,
     skew: float = 0.1,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -500,7 +513,7 @@ def total_variation(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -515,7 +528,7 @@ def ab_divergence(
     *,
     alpha: float,
     beta: float,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
@@ -537,19 +550,15 @@ def ab_divergence(
 def entropy(
     logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: TEMPERATURE = 1.0,
     reduction: str = "mean",
     mask: Tensor | None = None,
     chunk_size: int | None = None,
 ) -> Tensor:
     """Shannon entropy ``H(softmax(logits / T)) = -sum r log r`` in nats."""
 
-    def rows(log_r: Tensor) -> Tensor:
-        r = log_r.exp()
-        return -_weighted_log_ratio(r, log_r, log_r.new_zeros(())).sum(-1)
-
     return apply_rows(
-        rows,
+        entropy_rows,
         (logits,),
         temperature=temperature,
         reduction=reduction,

@@ -187,21 +187,24 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
 LOGIT_KEYS = ("logits", "labels")
 
 
-def load_logits(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read saved logits: a ``.npz`` or ``.pt`` file holding ``logits`` (N, C) and
-    ``labels`` (N,), optionally ``val_logits`` and ``val_labels`` for fitting a temperature."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file (expected a .npz or .pt with 'logits' and 'labels')"
-        )
+def _read_logit_arrays(path: Path) -> dict[str, Any]:
+    """Every array of a ``.npz`` or ``.pt`` logits file (``deployed`` as text)."""
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: torch.from_numpy(np.array(data[k])) for k in data.files}
+                raw = {k: np.array(data[k]) for k in data.files}
         except (ValueError, OSError) as err:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from None
-    elif path.suffix in (".pt", ".pth"):
+        arrays: dict[str, Any] = {}
+        for key, value in raw.items():
+            if value.dtype.kind in "US":
+                arrays[key] = str(value)
+            elif value.dtype.kind in "biufc":
+                arrays[key] = torch.from_numpy(value)
+            else:
+                raise ValueError(f"{path}: array {key!r} holds {value.dtype}, not numbers")
+        return arrays
+    if path.suffix in (".pt", ".pth"):
         try:
             data = safe_torch_load(path)
         except UnreadableFile as err:
@@ -210,9 +213,47 @@ def load_logits(path: str | Path) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{path}: expected a dict with 'logits' and 'labels', got {type(data).__name__}"
             )
-        arrays = {k: torch.as_tensor(v) for k, v in data.items()}
-    else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .pt")
+        return {k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in data.items()}
+    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .pt")
+
+
+def _choose_network(arrays: dict[str, Any], path: Path, network: str | None) -> str | None:
+    """Point ``logits`` (and ``val_logits``) at one network's of a file holding several."""
+    nets = sorted(k[len("logits_") :] for k in arrays if k.startswith("logits_"))
+    if network is None and ("logits" in arrays or not nets):
+        return None
+    deployed = arrays.get("deployed")
+    chosen = network or (deployed if deployed in nets else None)
+    if chosen is None and len(nets) == 1:
+        chosen = nets[0]
+    if chosen is None:
+        raise ValueError(
+            f"{path} holds the logits of several networks {nets} and names none as deployed; "
+            "choose one with --network"
+        )
+    if chosen not in nets:
+        raise ValueError(f"{path}: no logits of network {chosen!r}; it has {nets or ['logits']}")
+    arrays["logits"] = arrays[f"logits_{chosen}"]
+    if f"val_logits_{chosen}" in arrays:
+        arrays["val_logits"] = arrays[f"val_logits_{chosen}"]
+    return chosen
+
+
+def load_logits(path: str | Path, network: str | None = None) -> dict[str, Any]:
+    """Read saved logits: a ``.npz`` or ``.pt`` file holding ``logits`` (N, C) and
+    ``labels`` (N,), optionally ``val_logits`` and ``val_labels`` for fitting a temperature.
+
+    A file of several networks (``logits_<name>``, as ``bdkd eval --save-logits`` writes
+    for a run of two) gives ``network``'s logits, else those of the network it names as
+    ``deployed``, else its only one; the choice is returned under ``_network``. Logits must
+    be real numbers (complex values are refused, never silently cut to their real part)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such file (expected a .npz or .pt with 'logits' and 'labels')"
+        )
+    arrays = _read_logit_arrays(path)
+    chosen = _choose_network(arrays, path, network)
     missing = [k for k in LOGIT_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing {missing}; found keys {sorted(arrays)}")
@@ -222,6 +263,12 @@ def load_logits(path: str | Path) -> dict[str, torch.Tensor]:
         if logits_key not in arrays:
             continue
         z, y = arrays[logits_key], arrays[labels_key]
+        if not isinstance(z, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise ValueError(f"{path}: {logits_key!r} and {labels_key!r} must be arrays")
+        if z.is_complex() or y.is_complex():
+            raise ValueError(
+                f"{path}: {logits_key!r} holds complex numbers; logits and labels must be real"
+            )
         if z.dim() != 2 or y.dim() != 1:
             raise ValueError(
                 f"{path}: {logits_key!r} must be (N, C) and {labels_key!r} (N,), got "
@@ -236,4 +283,6 @@ def load_logits(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: 'val_logits' has {arrays['val_logits'].shape[1]} classes, 'logits' "
             f"{arrays['logits'].shape[1]}"
         )
+    if chosen is not None:
+        arrays["_network"] = chosen
     return arrays

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,18 +139,6 @@ RUN_KEYS = (
 )
 
 
-DENSE_KEYS = (
-    "miou",
-    "accuracy",
-    "ece",
-    "classwise_ece",
-    "nll",
-    "brier",
-    "ece_after_ts",
-    "temperature",
-)
-
-
 def markdown_table(
     rows: Mapping[str, Mapping[str, float]],
     first: str = "network",
@@ -183,6 +171,21 @@ def save_predictions(
     save_arrays(path, **arrays)
 
 
+def save_logits_file(
+    path: str | Path, logits: Mapping[str, Tensor], labels: Tensor, *, deployed: str | None = None
+) -> Path:
+    """The logits of every network (``logits_<name>``; ``logits`` too when there is one),
+    the labels and the run's deployed network, in the format ``bdkd calibrate`` reads."""
+    arrays: dict[str, np.ndarray] = {"labels": labels.numpy()}
+    if len(logits) == 1:
+        arrays["logits"] = next(iter(logits.values())).float().numpy()
+    for name, z in logits.items():
+        arrays[f"logits_{name}"] = z.float().numpy()
+    if deployed is not None and deployed in logits:
+        arrays["deployed"] = np.array(deployed)
+    return save_arrays(path, **arrays)
+
+
 def save_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
     """Write ``arrays`` to the ``.npz`` file ``path`` atomically (no pickled objects)."""
     with atomic_path(path, suffix=".npz") as tmp:
@@ -190,41 +193,48 @@ def save_arrays(path: str | Path, **arrays: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_run_report(run_dir: Path, summary: Mapping[str, Any], panels: Mapping[str, Any]) -> None:
-    """report.md (results table; per-class IoU for segmentation) and reliability.png (every
-    network side by side). ``panels`` maps each network to ``(probs, labels)`` or to
-    :class:`~bdkd.calibration.ReliabilityBins` (pixels of segmentation)."""
-    run_dir = Path(run_dir)
-    rows = {
+def run_rows(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The results of a run summary labelled ``network (model)[ — deployed]``."""
+    return {
         f"{name} ({summary['models'][name]}){' — deployed' if name == summary['deployed'] else ''}": m
         for name, m in summary["results"].items()
     }
-    dense = summary.get("task") == "segmentation"
+
+
+def write_run_report(
+    run_dir: Path,
+    summary: Mapping[str, Any],
+    panels: Mapping[str, Any],
+    *,
+    keys: Sequence[str] = RUN_KEYS,
+    unit: str = "test",
+    note: str = "",
+    sections: Callable[[Mapping[str, Mapping[str, Any]]], list[str]] | None = None,
+) -> None:
+    """report.md (the results table in the columns ``keys``, then the task's ``sections``
+    of the labelled rows) and reliability.png (every network side by side). ``panels`` maps
+    each network to ``(probs, labels)`` or to :class:`~bdkd.calibration.ReliabilityBins`
+    (pixels of segmentation); ``unit`` names the samples in the figure's title (``test
+    pixels``), ``note`` is said of them in the text."""
+    run_dir = Path(run_dir)
+    rows = run_rows(summary)
     figure = reliability_diagram(
         {f"{n} ({summary['models'][n]})": panel for n, panel in panels.items()},
         run_dir / "reliability.png",
         n_bins=summary["bins"],
-        title=f"{summary['method']} on {summary['dataset']} (test{' pixels' if dense else ''})",
+        title=f"{summary['method']} on {summary['dataset']} ({unit})",
     )
-    unit = "every valid test pixel is a sample; " if dense else ""
     lines = [
         f"# {summary['method']} on {summary['dataset']}",
         "",
         f"Seed {summary['seed']}, {summary['epochs']} epochs, {summary['seconds_per_epoch']:.1f} s per epoch. "
-        f"Test split, last epoch; {unit}ECE with {summary['bins']} bins; T fitted on the validation split.",
+        f"Test split, last epoch; {note}ECE with {summary['bins']} bins; T fitted on the validation split.",
         "",
-        markdown_table(rows, keys=DENSE_KEYS if dense else RUN_KEYS),
+        markdown_table(rows, keys=keys),
         "",
     ]
-    if dense:
-        names = summary.get("class_names") or []
-        lines += ["Per-class IoU % on test:", ""]
-        lines.append("| network | " + " | ".join(names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        for label, m in rows.items():
-            cells = ["–" if v is None else f"{100 * v:.1f}" for v in m.get("per_class_iou", [])]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
+    if sections is not None:
+        lines += sections(rows)
     lines += [f"![reliability diagram]({figure.name})", ""]
     write_text(run_dir / "report.md", "\n".join(lines))
 

@@ -1,32 +1,39 @@
 """Distillers: which networks learn from which (offline, online, self).
 
 Importing this package registers every method; :func:`create_distiller` builds one by name.
-A registered offline objective's name (``kd``, ``dkd``, ``nkd``, ``bdd``, ``abkd``,
-``dist``, ...) selects the offline distiller with that objective.
+A registered image objective's name (``kd``, ``dkd``, ``nkd``, ``bdd``, ``abkd``,
+``dist``, ...) selects the offline distiller with that objective. Hyper-parameters are
+checked against their declarations (:mod:`bdkd.hparams`): the distiller's keyword-only
+constructor arguments, and, for an offline method, the objective's.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
 from bdkd.distillers.base import (
     DISTILLERS,
+    SAMPLE_ROWS,
     Distiller,
     DistillerOutput,
-    HParamError,
-    check_hparam_values,
+    PixelRows,
+    RowLayout,
     distiller_hparams,
     register_distiller,
 )
 from bdkd.distillers.offline import OfflineDistiller, ScratchDistiller
 from bdkd.distillers.online import BDKDDistiller, DMLDistiller, KDCLDistiller
 from bdkd.distillers.self_distill import USKDDistiller, features_and_logits
-from bdkd.losses import OBJECTIVES
+from bdkd.hparams import HParam, HParamError, check_values
+from bdkd.losses import get_objective, image_objectives
 
 __all__ = [
     "DISTILLERS",
+    "SAMPLE_ROWS",
     "BDKDDistiller",
     "DMLDistiller",
     "Distiller",
@@ -34,26 +41,62 @@ __all__ = [
     "HParamError",
     "KDCLDistiller",
     "OfflineDistiller",
+    "PixelRows",
+    "RowLayout",
     "ScratchDistiller",
     "USKDDistiller",
     "available_methods",
-    "check_hparam_values",
+    "check_method",
     "create_distiller",
     "distiller_hparams",
     "features_and_logits",
+    "method_hparams",
     "register_distiller",
 ]
 
-_OFFLINE_KEYS = ("ce_weight", "distill_weight", "warmup_epochs", "logit_standardization")
+OFFLINE_OWN = ("ce_weight", "distill_weight", "warmup_epochs", "logit_standardization")
+"""The offline distiller's own hyper-parameters; an objective method's others go to it."""
 
 
 def available_methods() -> list[str]:
     """Every method name :func:`create_distiller` accepts."""
-    return sorted(set(DISTILLERS) | set(OBJECTIVES))
+    return sorted(set(DISTILLERS) | set(image_objectives()))
+
+
+def _unknown_method(method: str) -> ValueError:
+    close = difflib.get_close_matches(method, available_methods(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown method {method!r}{hint}; available: {available_methods()}")
+
+
+def method_hparams(method: str) -> dict[str, HParam]:
+    """Every hyper-parameter method ``method`` declares, with its default and range: a
+    distiller's constructor arguments, or for an objective the offline distiller's own
+    (:data:`OFFLINE_OWN`) and the objective's."""
+    if method in DISTILLERS:
+        return distiller_hparams(DISTILLERS[method])
+    if method in image_objectives():
+        own = distiller_hparams(OfflineDistiller)
+        return {**{k: own[k] for k in OFFLINE_OWN}, **get_objective(method).hparams}
+    raise _unknown_method(method)
+
+
+def check_method(method: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` checked against method ``method``'s declarations (HParamError naming
+    the key: unknown, missing, wrong type, out of range)."""
+    declared = method_hparams(method)
+    if method == "offline":
+        objective = get_objective(str(hparams.get("objective", "kd")))
+        objective.check(dict(hparams.get("objective_kwargs") or {}))
+    return check_values(declared, hparams, f"method {method!r}")
 
 
 def create_distiller(
-    method: str, networks: Mapping[str, nn.Module], **hparams: object
+    method: str,
+    networks: Mapping[str, nn.Module],
+    *,
+    layout: RowLayout | None = None,
+    **hparams: object,
 ) -> Distiller:
     """Build the distiller registered as ``method`` over ``networks`` with ``hparams``.
 
@@ -61,23 +104,14 @@ def create_distiller(
     ``offline``) builds that class; ``bdkd`` is the online method. A registered objective
     name (``kd``, ``dkd``, ..., ``bdkd_student``: BD-KD's student term from a frozen teacher)
     builds the offline distiller; its keys other than the offline distiller's own go to the
-    objective. No name is both.
-    Numeric hyper-parameters are range-checked first (:func:`check_hparam_values`).
+    objective. No name is both. ``layout`` is the task's (default: one row per sample).
+    Hyper-parameters are checked against their declarations first (:func:`check_method`).
     """
-    check_hparam_values(hparams)
+    check_method(method, hparams)
     if method in DISTILLERS:
-        cls = DISTILLERS[method]
-        allowed = distiller_hparams(cls)
-        unknown = sorted(set(hparams) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"method {method!r}: unknown hyper-parameter(s) {unknown}; allowed: {sorted(allowed)}"
-            )
-        return cls(networks, **hparams)
-    if method in OBJECTIVES:
-        own = {k: v for k, v in hparams.items() if k in _OFFLINE_KEYS}
-        objective_kwargs = {k: v for k, v in hparams.items() if k not in _OFFLINE_KEYS}
-        return OfflineDistiller(
-            networks, objective=method, objective_kwargs=objective_kwargs, **own
-        )
-    raise ValueError(f"unknown method {method!r}; available: {available_methods()}")
+        return DISTILLERS[method](networks, layout=layout, **hparams)
+    own = {k: v for k, v in hparams.items() if k in OFFLINE_OWN}
+    objective_kwargs = {k: v for k, v in hparams.items() if k not in OFFLINE_OWN}
+    return OfflineDistiller(
+        networks, objective=method, objective_kwargs=objective_kwargs, layout=layout, **own
+    )

@@ -17,14 +17,27 @@ every term; it knows nothing of any method, and a method knows nothing of the lo
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bdkd.hparams import HParam, HParamError, declared
+
+__all__ = [
+    "DISTILLERS",
+    "SAMPLE_ROWS",
+    "Distiller",
+    "DistillerOutput",
+    "HParamError",
+    "PixelRows",
+    "RowLayout",
+    "default_deployed",
+    "distiller_hparams",
+    "register_distiller",
+]
 
 
 @dataclass
@@ -46,6 +59,46 @@ class DistillerOutput:
         return {f"{net}/{name}": t for net, per in self.losses.items() for name, t in per.items()}
 
 
+class RowLayout:
+    """How a task's logits become the rows the objectives compare: one row per sample
+    (classification, the default). A task hands its layout to the distiller it builds, so no
+    method looks at label shapes."""
+
+    spatial = False
+    """Whether the logits are whole (N, C, H, W) maps (objectives like CWD need them)."""
+
+    def rows(
+        self, logits: Mapping[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        return dict(logits), labels
+
+
+class PixelRows(RowLayout):
+    """Dense prediction: logits (N, C, H, W) become one row per valid pixel (label !=
+    ``ignore_index``), with those pixels' labels. Logits of another resolution than the label
+    maps are first resized to it (bilinear), so teacher and student compare pixel by pixel."""
+
+    spatial = True
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = ignore_index
+
+    def rows(
+        self, logits: Mapping[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        size = labels.shape[-2:]
+        valid = labels.reshape(-1) != self.ignore_index
+        rows = {}
+        for name, z in logits.items():
+            if z.shape[-2:] != size:
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            rows[name] = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])[valid]
+        return rows, labels.reshape(-1)[valid]
+
+
+SAMPLE_ROWS = RowLayout()
+
+
 class Distiller(nn.Module):
     """Owns the networks of one method and turns their logits into named loss terms."""
 
@@ -55,8 +108,10 @@ class Distiller(nn.Module):
         *,
         trainable: tuple[str, ...],
         deployed: str,
+        layout: RowLayout | None = None,
     ) -> None:
         super().__init__()
+        self.layout = layout or SAMPLE_ROWS
         if not networks:
             raise ValueError("a distiller needs at least one network")
         self.networks = nn.ModuleDict(dict(networks))
@@ -128,28 +183,11 @@ class Distiller(nn.Module):
         and named loss terms."""
         raise NotImplementedError
 
-    # dense prediction: logits (N, C, H, W), label maps (N, H, W) with an ignore index
-
-    ignore_index: int = 255
-    """Label of pixels that count nowhere (segmentation); the engine sets the dataset's."""
-
     def as_rows(
         self, logits: Mapping[str, Tensor], labels: Tensor
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-row views for the objectives: classification logits (N, C) as they are; dense
-        logits (N, C, H, W) as one row per valid pixel (label != ignore_index), with those
-        pixels' labels. Logits of another resolution than the labels are first resized to it
-        (bilinear), so every objective compares teacher and student pixel by pixel."""
-        if labels.dim() == 1:
-            return dict(logits), labels
-        size = labels.shape[-2:]
-        valid = labels.reshape(-1) != self.ignore_index
-        rows = {}
-        for name, z in logits.items():
-            if z.shape[-2:] != size:
-                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-            rows[name] = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])[valid]
-        return rows, labels.reshape(-1)[valid]
+        """Per-row views for the objectives, as the task's :class:`RowLayout` makes them."""
+        return self.layout.rows(logits, labels)
 
     @staticmethod
     def cross_entropy(rows: Tensor, labels: Tensor) -> Tensor:
@@ -174,41 +212,9 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
     return decorate
 
 
-class HParamError(ValueError):
-    """A hyper-parameter out of its range; ``key`` names it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key} {message}")
-        self.key, self.message = key, message
-
-
-POSITIVE = ("temperature", "sharpness")
-NON_NEGATIVE = ("weight", "high", "low", "mu", "warmup_epochs")
-
-
-def check_hparam_values(hparams: Mapping[str, object]) -> None:
-    """Range checks shared by every method, by the hyper-parameter's name: numbers finite;
-    temperatures and ``sharpness`` > 0; weights, ``high``, ``low``, ``mu`` and warm-up >= 0.
-    A method's own constructor checks the rest (rules, choices, required networks)."""
-    for key, value in hparams.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
-            raise HParamError(key, f"must be a finite number, got {value!r}")
-        if any(key == p or key.endswith(p) for p in POSITIVE) and value <= 0:
-            raise HParamError(key, f"must be > 0, got {value}")
-        if any(key == p or key.endswith(p) for p in NON_NEGATIVE) and value < 0:
-            raise HParamError(key, f"must be >= 0, got {value}")
-
-
-def distiller_hparams(cls: type[Distiller]) -> dict[str, object]:
-    """Keyword hyper-parameters of a distiller class with their defaults."""
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        p.name: (None if p.default is p.empty else p.default)
-        for p in params.values()
-        if p.kind == p.KEYWORD_ONLY
-    }
+def distiller_hparams(cls: type[Distiller]) -> dict[str, HParam]:
+    """The declared keyword hyper-parameters of a distiller class (its ``__init__``)."""
+    return declared(cls, skip=("layout",))
 
 
 def default_deployed(names: list[str], deployed: str | None) -> str:

@@ -6,12 +6,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from bdkd.distillers.base import (
-    Distiller,
-    DistillerOutput,
-    check_hparam_values,
-    register_distiller,
-)
+from bdkd.distillers.base import Distiller, DistillerOutput, RowLayout, register_distiller
+from bdkd.hparams import NonNegative, NonNegativeInt
 from bdkd.losses import get_objective, standardize_logits
 
 
@@ -32,36 +28,33 @@ class OfflineDistiller(Distiller):
         networks: Mapping[str, nn.Module],
         *,
         objective: str = "kd",
-        ce_weight: float = 1.0,
-        distill_weight: float = 1.0,
-        warmup_epochs: int | None = None,
+        ce_weight: NonNegative = 1.0,
+        distill_weight: NonNegative = 1.0,
+        warmup_epochs: NonNegativeInt | None = None,
         logit_standardization: bool = False,
         objective_kwargs: Mapping[str, object] | None = None,
+        layout: RowLayout | None = None,
     ) -> None:
         missing = {"teacher", "student"} - set(networks)
         if missing:
             raise ValueError(
                 f"offline distillation needs networks 'teacher' and 'student'; missing {sorted(missing)}"
             )
-        super().__init__(networks, trainable=("student",), deployed="student")
+        super().__init__(networks, trainable=("student",), deployed="student", layout=layout)
         self.objective = get_objective(objective)
         self.objective_kwargs = dict(objective_kwargs or {})
-        check_hparam_values(self.objective_kwargs)
         # fail at construction, not at the first step, on a wrong hyper-parameter
-        unknown = sorted(set(self.objective_kwargs) - set(self.objective.hparams))
-        missing_hp = sorted(k for k in self.objective.required if k not in self.objective_kwargs)
-        if unknown or missing_hp:
+        self.objective.check(self.objective_kwargs)
+        if self.objective.spatial and not self.layout.spatial:
             raise ValueError(
-                f"objective {objective!r}: unknown hyper-parameter(s) {unknown}, missing "
-                f"{missing_hp}; allowed: {sorted(self.objective.hparams)}"
+                f"objective {objective!r} distils spatial maps: it needs dense (N, C, H, W) "
+                "logits, i.e. a segmentation dataset"
             )
         self.ce_weight = ce_weight
         self.distill_weight = distill_weight
         self.warmup_epochs = (
             self.objective.warmup_epochs if warmup_epochs is None else int(warmup_epochs)
         )
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         self.logit_standardization = logit_standardization
 
     def warmup_factor(self, epoch: int) -> float:
@@ -78,22 +71,15 @@ class OfflineDistiller(Distiller):
         cached: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
-        if self.objective.spatial:
-            if labels.dim() == 1:
-                raise ValueError(
-                    f"objective {self.objective.name!r} distils spatial maps: it needs dense "
-                    "(N, C, H, W) logits, i.e. a segmentation dataset"
-                )
-            distill = self.objective(
-                logits["student"], logits["teacher"].detach(), labels, **self.objective_kwargs
-            )
         rows, y = self.as_rows(logits, labels)
         student, teacher = rows["student"], rows["teacher"].detach()
-        if not self.objective.spatial:
+        if self.objective.spatial:
+            s, t = logits["student"], logits["teacher"].detach()
+        else:
             s, t = student, teacher
             if self.logit_standardization:
                 s, t = standardize_logits(s), standardize_logits(t)
-            distill = self.objective(s, t, y, **self.objective_kwargs)
+        distill = self.objective(s, t, y, **self.objective_kwargs)
         terms = {
             "ce": self.ce_weight * self.cross_entropy(student, y),
             self.objective.name: self.distill_weight * self.warmup_factor(epoch) * distill,
@@ -109,7 +95,13 @@ class ScratchDistiller(Distiller):
     several networks, the one named ``student`` is trained.
     """
 
-    def __init__(self, networks: Mapping[str, nn.Module], *, ce_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        networks: Mapping[str, nn.Module],
+        *,
+        ce_weight: NonNegative = 1.0,
+        layout: RowLayout | None = None,
+    ) -> None:
         if len(networks) == 1:
             name = next(iter(networks))
         elif "student" in networks:
@@ -118,7 +110,7 @@ class ScratchDistiller(Distiller):
             raise ValueError(
                 f"scratch training needs one network (or one named 'student'), got {list(networks)}"
             )
-        super().__init__({name: networks[name]}, trainable=(name,), deployed=name)
+        super().__init__({name: networks[name]}, trainable=(name,), deployed=name, layout=layout)
         self.ce_weight = ce_weight
 
     def forward(

@@ -6,6 +6,7 @@ Each network has its own optimizer; every target taken from another network is d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
@@ -13,11 +14,17 @@ from torch import Tensor, nn
 from bdkd.distillers.base import (
     Distiller,
     DistillerOutput,
+    RowLayout,
     default_deployed,
     register_distiller,
 )
-from bdkd.divergences import forward_kl, reverse_kl
-from bdkd.losses import bdkd_student_loss
+from bdkd.hparams import NonNegative, Positive, Range
+from bdkd.losses import get_objective
+
+KD = get_objective("kd").fn
+"""``T^2 mean KL(p^T || q^T)`` of the target ``p`` (second argument) and ``q``."""
+REVERSE_KD = get_objective("reverse_kd").fn
+BDKD_STUDENT = get_objective("bdkd_student").fn
 
 
 def _need_networks(method: str, networks: Mapping[str, nn.Module], count: int = 2) -> list[str]:
@@ -51,14 +58,18 @@ class DMLDistiller(Distiller):
         self,
         networks: Mapping[str, nn.Module],
         *,
-        temperature: float = 1.0,
-        kl_weight: float = 1.0,
-        ce_weight: float = 1.0,
+        temperature: Positive = 1.0,
+        kl_weight: NonNegative = 1.0,
+        ce_weight: NonNegative = 1.0,
         deployed: str | None = None,
+        layout: RowLayout | None = None,
     ) -> None:
         names = _need_networks("DML", networks)
         super().__init__(
-            networks, trainable=tuple(names), deployed=default_deployed(names, deployed)
+            networks,
+            trainable=tuple(names),
+            deployed=default_deployed(names, deployed),
+            layout=layout,
         )
         self.temperature, self.kl_weight, self.ce_weight = temperature, kl_weight, ce_weight
 
@@ -71,14 +82,13 @@ class DMLDistiller(Distiller):
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
         rows, y = self.as_rows(logits, labels)
-        t2 = self.temperature**2
         losses = {}
         for name, z in rows.items():
             others = [rows[o].detach() for o in rows if o != name]
-            kl = sum(forward_kl(z, target, temperature=self.temperature) for target in others)
+            kl = sum(KD(z, target, temperature=self.temperature) for target in others)
             losses[name] = {
                 "ce": self.ce_weight * self.cross_entropy(z, y),
-                "kl": self.kl_weight * t2 * kl / len(others),
+                "kl": self.kl_weight * kl / len(others),
             }
         return DistillerOutput(logits=logits, losses=losses)
 
@@ -101,17 +111,21 @@ class KDCLDistiller(Distiller):
         self,
         networks: Mapping[str, nn.Module],
         *,
-        temperature: float = 2.0,
-        kd_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        ensemble: str = "mean",
+        temperature: Positive = 2.0,
+        kd_weight: NonNegative = 1.0,
+        ce_weight: NonNegative = 1.0,
+        ensemble: Annotated[str, Range(choices=ENSEMBLES)] = "mean",
         deployed: str | None = None,
+        layout: RowLayout | None = None,
     ) -> None:
         names = _need_networks("KDCL", networks)
         if ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
         super().__init__(
-            networks, trainable=tuple(names), deployed=default_deployed(names, deployed)
+            networks,
+            trainable=tuple(names),
+            deployed=default_deployed(names, deployed),
+            layout=layout,
         )
         self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
         self.ensemble = ensemble
@@ -134,11 +148,10 @@ class KDCLDistiller(Distiller):
         logits = self.run_networks(inputs, cached)
         rows, y = self.as_rows(logits, labels)
         target = self.ensemble_logits(rows, y)
-        t2 = self.temperature**2
         losses = {
             name: {
                 "ce": self.ce_weight * self.cross_entropy(z, y),
-                "kd": self.kd_weight * t2 * forward_kl(z, target, temperature=self.temperature),
+                "kd": self.kd_weight * KD(z, target, temperature=self.temperature),
             }
             for name, z in rows.items()
         }
@@ -170,17 +183,20 @@ class BDKDDistiller(Distiller):
         self,
         networks: Mapping[str, nn.Module],
         *,
-        temperature: float = 1.0,
-        student_weight: float = 1.0,
-        teacher_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        rule: str = "hard",
-        high: float = 3.0,
-        low: float = 1.0,
-        sharpness: float = 1.0,
-        teacher_divergence: str = "reverse_kl",
+        temperature: Positive = 1.0,
+        student_weight: NonNegative = 1.0,
+        teacher_weight: NonNegative = 1.0,
+        ce_weight: NonNegative = 1.0,
+        rule: Annotated[str, Range(choices=("hard", "soft"))] = "hard",
+        high: NonNegative = 3.0,
+        low: NonNegative = 1.0,
+        sharpness: Positive = 1.0,
+        teacher_divergence: Annotated[
+            str, Range(choices=(*TEACHER_DIVERGENCES, *_OLD_TEACHER_DIVERGENCES))
+        ] = "reverse_kl",
         order: Sequence[str] | None = None,
         deployed: str | None = None,
+        layout: RowLayout | None = None,
     ) -> None:
         _need_networks("BD-KD", networks)
         teacher_divergence = _OLD_TEACHER_DIVERGENCES.get(teacher_divergence, teacher_divergence)
@@ -193,6 +209,7 @@ class BDKDDistiller(Distiller):
             networks,
             trainable=tuple(ranked),
             deployed=deployed if deployed is not None else ranked[-1],
+            layout=layout,
         )
         self.order = ranked
         self.temperature = temperature
@@ -215,7 +232,7 @@ class BDKDDistiller(Distiller):
     ) -> DistillerOutput:
         logits = self.run_networks(inputs, cached)
         rows, y = self.as_rows(logits, labels)
-        t, t2 = self.temperature, self.temperature**2
+        t = self.temperature
         teacher_term = self.teacher_divergence
         losses = {n: {"ce": self.ce_weight * self.cross_entropy(rows[n], y)} for n in self.order}
         diagnostics = {}
@@ -225,7 +242,7 @@ class BDKDDistiller(Distiller):
             if larger:
                 parts = []
                 for big in larger:
-                    loss, weights = bdkd_student_loss(
+                    loss, weights = BDKD_STUDENT(
                         z, rows[big].detach(), temperature=t, return_weights=True, **self.balance
                     )
                     parts.append(loss)
@@ -238,9 +255,7 @@ class BDKDDistiller(Distiller):
                 for small in smaller:
                     # p = this (larger) network, q = the smaller one, detached
                     q = rows[small].detach()
-                    if self.teacher_divergence == "reverse_kl":  # KL(q || p)
-                        parts.append(forward_kl(z, q, temperature=t))
-                    else:  # KL(p || q)
-                        parts.append(reverse_kl(z, q, temperature=t))
-                losses[name][teacher_term] = self.teacher_weight * t2 * sum(parts) / len(parts)
+                    term = KD if self.teacher_divergence == "reverse_kl" else REVERSE_KD
+                    parts.append(term(z, q, temperature=t))  # KL(q || p), or KL(p || q)
+                losses[name][teacher_term] = self.teacher_weight * sum(parts) / len(parts)
         return DistillerOutput(logits=logits, losses=losses, diagnostics=diagnostics)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bdkd.distillers.base import Distiller, DistillerOutput, register_distiller
+from bdkd.distillers.base import Distiller, DistillerOutput, RowLayout, register_distiller
+from bdkd.hparams import NonNegative, Range
 from bdkd.losses import uskd_terms
+from bdkd.losses.uskd import RANKINGS
 
 
 def features_and_logits(network: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,18 +44,23 @@ class USKDDistiller(Distiller):
         self,
         networks: Mapping[str, nn.Module],
         *,
-        alpha: float = 1.0,
-        beta: float = 0.1,
-        mu: float = 0.005,
-        ce_weight: float = 1.0,
-        feature_dim: int | None = None,
-        num_classes: int | None = None,
-        ranking: str = "reference",
+        alpha: NonNegative = 1.0,
+        beta: NonNegative = 0.1,
+        mu: NonNegative = 0.005,
+        ce_weight: NonNegative = 1.0,
+        feature_dim: Annotated[int, Range(ge=1)] | None = None,
+        num_classes: Annotated[int, Range(ge=2)] | None = None,
+        ranking: Annotated[str, Range(choices=RANKINGS)] = "reference",
+        layout: RowLayout | None = None,
     ) -> None:
         if "student" not in networks:
             raise ValueError("USKD needs a network named 'student'")
         student = networks["student"]
-        super().__init__({"student": student}, trainable=("student",), deployed="student")
+        super().__init__(
+            {"student": student}, trainable=("student",), deployed="student", layout=layout
+        )
+        if self.layout.spatial:
+            raise ValueError("USKD is a classification method; it does not take label maps")
         feature_dim = feature_dim or getattr(student, "feature_dim", None)
         num_classes = num_classes or getattr(student, "num_classes", None)
         if not feature_dim or not num_classes:
@@ -78,8 +86,6 @@ class USKDDistiller(Distiller):
     ) -> DistillerOutput:
         if cached:
             raise ValueError("USKD trains its only network, so no logits can come from a cache")
-        if labels.dim() != 1:
-            raise ValueError("USKD is a classification method; it does not take label maps")
         feature, logits = features_and_logits(self.networks["student"], inputs)
         aux = self.aux_head(feature)
         terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), labels)}

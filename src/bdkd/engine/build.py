@@ -8,22 +8,15 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from bdkd.config import Config, ConfigError, OptimConfig, ScheduleConfig
-from bdkd.data import (
-    Augment,
-    DataError,
-    InMemoryLoader,
-    SegAugment,
-    Splits,
-    StreamedLoader,
-    load_dataset,
-)
+from bdkd.config import Config, ConfigError, OptimConfig
+from bdkd.data import DataError, InMemoryLoader, Splits, StreamedLoader, load_dataset
 from bdkd.data.base import ArraySplit
-from bdkd.distillers import Distiller, HParamError, create_distiller
+from bdkd.distillers import Distiller, HParamError, RowLayout, create_distiller
 from bdkd.engine.checkpoint import CheckpointError, network_weights
 from bdkd.models import MODELS, create_model
 
@@ -151,10 +144,13 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
     return networks
 
 
-def build_distiller(cfg: Config, networks: dict[str, nn.Module]) -> Distiller:
-    """The method's distiller; a frozen network must come with trained weights."""
+def build_distiller(
+    cfg: Config, networks: dict[str, nn.Module], layout: RowLayout | None = None
+) -> Distiller:
+    """The method's distiller (rows laid out as the task's ``layout``); a frozen network
+    must come with trained weights."""
     try:
-        distiller = create_distiller(cfg.method_name, networks, **cfg.method_hparams)
+        distiller = create_distiller(cfg.method_name, networks, layout=layout, **cfg.method_hparams)
     except HParamError as err:
         raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
     except (ValueError, TypeError) as err:
@@ -187,20 +183,22 @@ def build_optimizer(params: list[nn.Parameter], oc: OptimConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
 
 
-def lr_factor(epoch: int, sc: ScheduleConfig, epochs: int, base_lr: float) -> float:
-    """Multiplier of the base learning rate during epoch ``epoch`` (0-based).
+def lr_factor(epoch: int, sc: Any, epochs: int, base_lr: float) -> float:
+    """Multiplier of the base learning rate during epoch (or step) ``epoch`` (0-based) of
+    ``epochs``; ``sc`` is a :class:`ScheduleConfig` (epochs) or the LLM side's schedule (steps).
 
-    Linear warm-up over ``warmup_epochs``, then ``multistep`` (times ``gamma`` at each
+    Linear warm-up over ``sc.warmup``, then ``multistep`` (times ``gamma`` at each
     milestone), ``cosine`` (down to ``min_lr``), ``poly`` (``(1 - progress)^power`` down to
     ``min_lr``, the segmentation recipe) or ``constant``.
     """
-    if sc.warmup_epochs and epoch < sc.warmup_epochs:
-        return (epoch + 1) / sc.warmup_epochs
+    warmup = sc.warmup
+    if warmup and epoch < warmup:
+        return (epoch + 1) / warmup
     if sc.name == "multistep":
         return sc.gamma ** sum(epoch >= m for m in sc.milestones)
     if sc.name in ("cosine", "poly"):
-        span = max(1, epochs - sc.warmup_epochs)
-        progress = (epoch - sc.warmup_epochs) / span
+        span = max(1, epochs - warmup)
+        progress = (epoch - warmup) / span
         floor = sc.min_lr / base_lr if base_lr > 0 else 0.0
         shape = (
             0.5 * (1 + math.cos(math.pi * progress))
@@ -212,34 +210,11 @@ def lr_factor(epoch: int, sc: ScheduleConfig, epochs: int, base_lr: float) -> fl
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, sc: ScheduleConfig, epochs: int
+    optimizer: torch.optim.Optimizer, sc: Any, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """An epoch-stepped scheduler following :func:`lr_factor`."""
+    """A scheduler stepped once per epoch (or step) following :func:`lr_factor`."""
     base = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, sc, epochs, base))
-
-
-def build_augment(cfg: Config, splits: Splits) -> Augment | SegAugment:
-    """Normalisation plus the dataset's (or the config's) augmentation: RandomResizedCrop
-    (``data.random_resized_crop``, the default of large-image datasets) or a crop with
-    padding, and flips; for segmentation the paired scale / crop / flip of image and label
-    map (:class:`~bdkd.data.SegAugment`)."""
-    info, d = splits.info, cfg.data
-    if info.task == "segmentation":
-        return SegAugment(
-            info.mean,
-            info.std,
-            flip=info.flip if d.flip is None else d.flip,
-            scale_range=info.scale_range,
-            ignore_index=info.ignore_index,
-            enabled=d.augment,
-        )
-    padding = info.crop_padding if d.crop_padding is None else d.crop_padding
-    flip = info.flip if d.flip is None else d.flip
-    rrc = info.random_resized_crop if d.random_resized_crop is None else d.random_resized_crop
-    if not d.augment:
-        padding, flip, rrc = 0, False, False
-    return Augment(info.mean, info.std, crop_padding=padding, flip=flip, resized_crop=rrc)
 
 
 @dataclass

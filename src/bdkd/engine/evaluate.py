@@ -3,8 +3,9 @@
 :func:`evaluate_networks` runs every given network on each batch once (under the run's
 autocast, logits upcast to float32), streams the task's metrics, and keeps the logits when
 asked (for temperature scaling and saved predictions); it serves training, `bdkd eval` and
-the LLM side (:class:`bdkd.llm.run.LMTask`). :func:`metric_dict` turns an accumulator into
-the metrics a run reports. :func:`evaluate_checkpoint` is `bdkd eval`.
+the LLM side (:class:`bdkd.llm.evaluate.NextTokenTask`); the tasks of :mod:`bdkd.engine.tasks`
+say how a batch becomes logits and which accumulator streams its metrics.
+:func:`evaluate_checkpoint` is `bdkd eval`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bdkd import calibration as cal
 from bdkd.config import ConfigError, validate
-from bdkd.engine import build, distributed
+from bdkd.engine import build, distributed, tasks
 from bdkd.engine.checkpoint import load_checkpoint, load_network_state
 
 
@@ -34,80 +34,7 @@ class Evaluation:
     labels: Tensor | None = None
 
     def metrics(self, name: str) -> dict[str, float]:
-        return metric_dict(self.accumulators[name])
-
-
-def metric_dict(acc: Any) -> dict[str, float]:
-    """Every metric of ``acc``; top-5 only when there are at least 10 classes."""
-    m = acc.compute()
-    if acc.num_classes < 10:
-        m.pop("top5", None)
-    return m
-
-
-class ImageTask:
-    """Image classification: a batch is ``(images, labels)``; metrics are every calibration
-    metric of :class:`bdkd.calibration.CalibrationAccumulator`."""
-
-    def __init__(self, transform: Callable[[Tensor], Tensor], num_classes: int, bins: int) -> None:
-        self.transform, self.num_classes, self.bins = transform, num_classes, bins
-
-    def predict(self, network: nn.Module, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        images, labels = batch
-        return network(self.transform(images)), labels, None
-
-    def accumulator(self, network: str = "") -> cal.CalibrationAccumulator:
-        return cal.CalibrationAccumulator(self.num_classes, self.bins)
-
-
-class SegTask:
-    """Semantic segmentation: a batch is ``(images, label maps)``; logits (N, C, H, W) are
-    resized to the label maps' size (bilinear) when they differ; metrics are those of
-    :class:`bdkd.calibration.SegmentationAccumulator` over the valid pixels.
-
-    ``temperatures`` (per network) adds the metrics after temperature scaling;
-    ``sample_fraction`` keeps a uniform sample of pixel logits (to fit a temperature on)."""
-
-    def __init__(
-        self,
-        transform: Callable[[Tensor], Tensor],
-        num_classes: int,
-        bins: int,
-        ignore_index: int = 255,
-        *,
-        temperatures: Mapping[str, float] | None = None,
-        sample_fraction: float = 0.0,
-        seed: int = 0,
-    ) -> None:
-        self.transform, self.num_classes, self.bins = transform, num_classes, bins
-        self.ignore_index, self.temperatures = ignore_index, dict(temperatures or {})
-        self.sample_fraction, self.seed = sample_fraction, seed
-
-    def predict(self, network: nn.Module, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        images, labels = batch
-        logits = network(self.transform(images))
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(
-                logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
-            )
-        return logits, labels.long(), None
-
-    def accumulator(self, network: str = "") -> cal.SegmentationAccumulator:
-        return cal.SegmentationAccumulator(
-            self.num_classes,
-            self.bins,
-            self.ignore_index,
-            temperature=self.temperatures.get(network),
-            sample_fraction=self.sample_fraction,
-            seed=self.seed,
-        )
-
-
-def make_task(info: Any, transform: Callable[[Tensor], Tensor], bins: int, **kwargs: Any) -> Any:
-    """The evaluation task of a dataset: :class:`ImageTask` or :class:`SegTask`."""
-    if info.task == "segmentation":
-        return SegTask(transform, info.num_classes, bins, info.ignore_index, **kwargs)
-    return ImageTask(transform, info.num_classes, bins)
+        return tasks.metric_dict(self.accumulators[name])
 
 
 @torch.no_grad()
@@ -205,7 +132,8 @@ def evaluate_checkpoint(
     for name in list(cfg.networks):
         cfg.networks[name].checkpoint = None
     models = build.build_networks(cfg, splits)
-    augment = build.build_augment(cfg, splits)
+    task = tasks.for_dataset(splits.info)
+    augment = task.augment(cfg.data)
     loaders = build.build_loaders(cfg, splits, dev)
     chosen = loaders.test if split == "test" else loaders.val
     if chosen is None:
@@ -218,9 +146,17 @@ def evaluate_checkpoint(
     result = evaluate_networks(
         selected,
         chosen,
-        make_task(splits.info, lambda images: augment(images, train=False), bins),
+        task.evaluator(lambda images: augment(images, train=False), bins),
         autocast=build.autocast_factory(dev, cfg.train.precision),
         keep_logits=True,
     )
     metrics = {n: result.metrics(n) for n in names}
     return metrics, result.logits, result.labels
+
+
+def checkpoint_deployed(target: str | Path) -> str | None:
+    """The deployed network of a run directory or checkpoint file (None if it names none)."""
+    path = Path(target)
+    state = load_checkpoint(path / "checkpoints" / "last.pt" if path.is_dir() else path)
+    deployed = state.get("deployed")
+    return deployed if isinstance(deployed, str) else None

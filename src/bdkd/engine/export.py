@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bdkd import calibration as cal
 from bdkd.config import ConfigError, validate
-from bdkd.engine import build
+from bdkd.engine import build, tasks
 from bdkd.engine.checkpoint import load_checkpoint, load_network_state
 from bdkd.files import atomic_path, check_new_file, write_json, write_text
 
@@ -245,7 +245,7 @@ def export_run(
         mean=info.mean if raw_input else None,
         std=info.std if raw_input else None,
     ).eval()
-    augment = build.build_augment(cfg, splits)
+    augment = tasks.for_dataset(info).augment(cfg.data)
     loaders = build.build_loaders(cfg, splits, torch.device("cpu"))
     images, _ = next(iter(loaders.test))
     example = images[:2] if raw_input else augment(images[:2], train=False)

@@ -29,8 +29,8 @@ import torch
 
 from bdkd.engine.rundir import create_run_dir, read_marker
 from bdkd.files import write_json
+from bdkd.llm.batch import TopKTeacher
 from bdkd.llm.data import Example, collate
-from bdkd.llm.distill import TopKTeacher
 from bdkd.llm.metrics import TokenMetrics
 
 SPLITS = ("train", "val", "test")

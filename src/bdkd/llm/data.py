@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bdkd.llm.distill import LMBatch
+from bdkd.llm.batch import LMBatch
 
 FORTUNES = "/usr/share/games/fortunes/fortunes"
 FORMATS = ("auto", "prompt_completion", "messages", "text", "lines", "paragraphs", "fortunes")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bdkd.llm.batch import LMBatch, TopKTeacher
 from bdkd.llm.fused import fused_linear_divergence, fused_linear_topk_divergence
 
 
@@ -66,16 +66,6 @@ def through(module: nn.Module, fn: Callable[[], Any]) -> Any:
         return module()
     finally:
         module.forward = original
-
-
-@dataclass
-class TopKTeacher:
-    """A teacher given by its top-k cache for the valid tokens of a batch (row-major): token
-    ids (M, k), their log-probabilities (M, k) and the log of the remaining mass (M,)."""
-
-    ids: Tensor
-    log_probs: Tensor
-    tail_log_mass: Tensor
 
 
 def distill_hidden(
@@ -142,20 +132,6 @@ def distill_hidden(
         teacher_logit_softcap=t_post[1],
         **common,
     )
-
-
-@dataclass
-class LMBatch:
-    """Token ids (B, T), attention mask (B, T) and the mask of tokens that count as targets
-    (B, T): the response tokens, excluding prompt and padding."""
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    loss_mask: Tensor
-
-    def target_mask(self) -> Tensor:
-        """Positions t whose next token t + 1 is a valid target, shape (B, T - 1)."""
-        return self.loss_mask[:, 1:].bool() & self.attention_mask[:, 1:].bool()
 
 
 class CausalLMDistiller(nn.Module):

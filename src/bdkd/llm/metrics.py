@@ -18,7 +18,7 @@ from torch import Tensor
 
 from bdkd.calibration import binned_sums, ece_from_sums
 from bdkd.divergences import forward_kl
-from bdkd.llm.distill import TopKTeacher
+from bdkd.llm.batch import TopKTeacher
 from bdkd.llm.fused import bucket_log_probs, teacher_buckets
 
 

@@ -1,9 +1,11 @@
 """Token-level distillation objectives on (B, T, V) logits with padding / prompt masks.
 
-Every objective is averaged over the valid tokens (``mask`` True), never over padding:
-the divergences of :mod:`bdkd.divergences` (no T^2), ABKD (``ab_divergence``, no T^2), and
-BD-KD's entropy-balanced forward/reverse KL per token (times T^2, as
-:func:`bdkd.losses.bdkd_student_loss`).
+The token objectives are the entries of the one objective registry that serve tokens
+(:data:`bdkd.losses.TOKEN_OBJECTIVES`): the divergences of :mod:`bdkd.divergences` (no
+``T^2``), ABKD's ``ab_divergence`` (no ``T^2``) and BD-KD's entropy-balanced forward/reverse
+KL per token (``bdkd``, times ``T^2``, the same per-row function as
+:func:`bdkd.losses.bdkd_student_loss`). Every objective is averaged over the valid tokens
+(``mask`` True), never over padding; whether ``T^2`` applies is the entry's declaration.
 
 ``js_divergence`` follows TRL's generalized-JSD convention at its endpoints: ``beta=0`` is
 forward KL and ``beta=1`` reverse KL (the normalised limits), so a GKD config ported with
@@ -12,50 +14,17 @@ those values trains on what it meant, not on the definition's value there, which
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
-from bdkd.divergences import RowFn, apply_rows, kl_rows, pairwise_rows
-from bdkd.losses.bdkd import entropy_gap_weights
+from bdkd.divergences import RowFn, apply_rows
+from bdkd.losses import TOKEN_OBJECTIVES, bdkd_rows, token_objective
 
-TOKEN_OBJECTIVES = (
-    "forward_kl",
-    "reverse_kl",
-    "js_divergence",
-    "skew_forward_kl",
-    "skew_reverse_kl",
-    "total_variation",
-    "ab_divergence",
-    "bdkd",
-)
+__all__ = ["TOKEN_OBJECTIVES", "bdkd_rows", "effective_objective", "token_loss", "token_rows"]
 
 
-def bdkd_rows(
-    *, rule: str = "hard", high: float = 3.0, low: float = 1.0, sharpness: float = 1.0
-) -> RowFn:
-    """Per-token ``w_f KL(p||q) + w_r KL(q||p)`` with BD-KD's detached entropy-gap weights."""
-
-    def rows(log_q: Tensor, log_p: Tensor) -> Tensor:
-        with torch.no_grad():
-            h_s = -(log_q.exp() * torch.where(log_q.isfinite(), log_q, 0.0)).sum(-1)
-            h_t = -(log_p.exp() * torch.where(log_p.isfinite(), log_p, 0.0)).sum(-1)
-        w_f, w_r = entropy_gap_weights(h_s, h_t, rule=rule, high=high, low=low, sharpness=sharpness)
-        return w_f * kl_rows(log_p, log_q) + w_r * kl_rows(log_q, log_p)
-
-    return rows
-
-
-def token_rows(objective: str, **params: float) -> tuple[RowFn, bool]:
-    """The per-token function of ``objective`` and whether it is scaled by T^2."""
-    if objective == "bdkd":
-        return bdkd_rows(**params), True  # type: ignore[arg-type]
-    if objective not in TOKEN_OBJECTIVES:
-        raise ValueError(f"unknown token objective {objective!r}; known: {list(TOKEN_OBJECTIVES)}")
-    objective, params = effective_objective(objective, params)
-    return pairwise_rows(objective, **params), False
-
-
-def effective_objective(objective: str, params: dict[str, float]) -> tuple[str, dict[str, float]]:
+def effective_objective(objective: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """What ``objective`` computes: ``js_divergence`` at ``beta`` 0 or 1 is forward or
     reverse KL (TRL's convention); everything else is itself."""
     if objective == "js_divergence" and "beta" in params:
@@ -63,6 +32,20 @@ def effective_objective(objective: str, params: dict[str, float]) -> tuple[str, 
         if isinstance(beta, (int, float)) and beta in (0, 1):
             return ("forward_kl" if beta == 0 else "reverse_kl"), {}
     return objective, dict(params)
+
+
+def token_rows(objective: str, **params: Any) -> tuple[RowFn, bool]:
+    """The per-token function of token objective ``objective`` and whether it is scaled by
+    ``T^2`` (the registry's declaration). The temperature is not a parameter here: it is
+    applied to the logits (``objective.temperature``)."""
+    token_objective(objective)
+    if "temperature" in params:
+        raise ValueError(
+            "the temperature is not one of the objective's params; set objective.temperature"
+        )
+    name, params = effective_objective(objective, params)
+    entry = token_objective(name)
+    return entry.row_function(f"token objective {objective!r}", **params), entry.scale_t2
 
 
 def token_loss(
@@ -74,7 +57,7 @@ def token_loss(
     temperature: float = 1.0,
     reduction: str = "mean",
     chunk_size: int | None = None,
-    **params: float,
+    **params: Any,
 ) -> Tensor:
     """``objective`` between student and teacher next-token distributions, over valid tokens.
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bdkd.divergences import ab_divergence
+from bdkd.divergences import ROW_FUNCTIONS, ab_divergence
+from bdkd.hparams import Positive
 from bdkd.losses.registry import register_objective
 
 
-@register_objective("abkd")
+@register_objective("abkd", rows=ROW_FUNCTIONS["ab_divergence"])
 def abkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
     alpha: float,
     beta: float,
-    temperature: float = 4.0,
+    temperature: Positive = 4.0,
 ) -> Tensor:
     """``mean_n D_AB(p^T || q^T)`` with no ``T^2`` factor.
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 from torch import Tensor
 
 from bdkd.divergences import forward_kl, reverse_kl
+from bdkd.hparams import NonNegative, Positive
 from bdkd.losses.registry import register_objective
 
 
-@register_objective("bdd")
+@register_objective("bdd", scale_t2=True)
 def bdd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    forward_temperature: float = 4.0,
-    reverse_temperature: float = 4.0,
-    forward_weight: float = 1.0,
-    reverse_weight: float = 1.0,
+    forward_temperature: Positive = 4.0,
+    reverse_temperature: Positive = 4.0,
+    forward_weight: NonNegative = 1.0,
+    reverse_weight: NonNegative = 1.0,
 ) -> Tensor:
     """``w_f T_f^2 KL(p^Tf || q^Tf) + w_r T_r^2 KL(q^Tr || p^Tr)``, mean over rows.
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from bdkd.divergences import forward_kl
+from bdkd.hparams import Positive
 from bdkd.losses.registry import register_objective
 
 
-@register_objective("cwd", spatial=True)
-def cwd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0) -> Tensor:
+@register_objective("cwd", spatial=True, scale_t2=True)
+def cwd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: Positive = 4.0
+) -> Tensor:
     """``T^2 / C sum_c KL(phi(y_c^T) || phi(y_c^S))``, averaged over the batch.
 
     ``phi(y_c) = softmax(y_c / T)`` over the H x W positions of channel c: each channel is a

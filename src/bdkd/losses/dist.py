@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bdkd.hparams import NonNegative, Positive
 from bdkd.losses.registry import register_objective
 
 
@@ -14,14 +15,14 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + eps)
 
 
-@register_objective("dist")
+@register_objective("dist", scale_t2=True)
 def dist_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    beta: float = 1.0,
-    gamma: float = 1.0,
-    temperature: float = 4.0,
+    beta: NonNegative = 1.0,
+    gamma: NonNegative = 1.0,
+    temperature: Positive = 4.0,
 ) -> Tensor:
     """``beta T^2 (1 - mean_rows rho(p, q)) + gamma T^2 (1 - mean_cols rho(p, q))``.
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from bdkd.divergences import forward_kl
+from bdkd.hparams import NonNegative, Positive
 from bdkd.losses._targets import at_target, check_target, non_target
 from bdkd.losses.registry import register_objective
 
@@ -18,15 +19,15 @@ def _binary_log_probs(logits: Tensor, target: Tensor, temperature: float) -> Ten
     return torch.stack([log_target, log_rest], dim=-1)
 
 
-@register_objective("dkd", warmup_epochs=20)
+@register_objective("dkd", warmup_epochs=20, scale_t2=True)
 def dkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     target: Tensor,
     *,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
+    alpha: NonNegative = 1.0,
+    beta: NonNegative = 8.0,
+    temperature: Positive = 4.0,
 ) -> Tensor:
     """``alpha T^2 KL(b || b_hat) + beta T^2 KL(p~ || q~)``, mean over rows.
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bdkd.hparams import NonNegative, Positive
 from bdkd.losses._targets import at_target, check_target, non_target
 from bdkd.losses.registry import register_objective
 
 
-@register_objective("nkd")
+@register_objective("nkd", scale_t2=True)
 def nkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     target: Tensor,
     *,
-    temperature: float = 1.0,
-    gamma: float = 1.5,
+    temperature: Positive = 1.0,
+    gamma: NonNegative = 1.5,
 ) -> Tensor:
     """``mean[-T_y log S_y] - gamma T^2 mean sum_{i != y} T~_i log S~_i``.
 
