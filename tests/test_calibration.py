@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bdkd import calibration as cal
+from bdkd.report import reliability_diagram
 
 # Four samples, two classes, hand-checked.
 PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
@@ -160,7 +161,7 @@ def test_temperature_scaling_keeps_accuracy_and_lowers_nll():
 def test_reliability_diagram_writes_a_png(tmp_path):
     a, la = _random_case(n=400, seed=7)
     b, lb = _random_case(n=400, seed=8, scale=8.0)
-    out = cal.reliability_diagram(
+    out = reliability_diagram(
         {"calibrated": (torch.softmax(a, 1), la), "over-confident": (torch.softmax(b, 1), lb)},
         tmp_path / "sub" / "rel.png",
         title="test",

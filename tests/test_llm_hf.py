@@ -335,7 +335,7 @@ def test_trainer_with_a_lora_student_trains_only_the_adapter(tiny_lms, tmp_path)
 
 
 def test_trl_distillation_trainer_with_a_bdkd_objective_keeps_on_policy_generation(
-    tiny_lms, tmp_path
+    tiny_lms, tmp_path, monkeypatch
 ):
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
@@ -367,21 +367,20 @@ def test_trl_distillation_trainer_with_a_bdkd_objective_keeps_on_policy_generati
         calls.append(kwargs["objective"])
         return real(*args, **kwargs)
 
-    distill.fused_linear_divergence = spy
-    try:
-        trainer = cls(
-            model=student,
-            teacher_model=teacher,
-            args=config,
-            train_dataset=prompts,
-            processing_class=tokenizer,
-            objective="bdkd",
-        )
-        result = trainer.train()
-    finally:
-        distill.fused_linear_divergence = real
+    monkeypatch.setattr(distill, "fused_linear_divergence", spy)
+    trainer = cls(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        objective="bdkd",
+    )
+    result = trainer.train()
     assert result.global_step == 2 and calls and set(calls) == {"bdkd"}
     assert torch.isfinite(torch.tensor(result.training_loss))
+    logged = [entry for entry in trainer.state.log_history if "entropy" in entry]
+    assert logged and all(0 < entry["entropy"] < 11 for entry in logged)  # ln 49152 = 10.8
 
 
 def test_progress_line_and_tensorboard(tiny_llm_config, tmp_path, capsys):

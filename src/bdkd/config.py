@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from bdkd.plugins import UntrustedCode, refuse_untrusted
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
@@ -111,7 +113,7 @@ class NetworkConfig:
     weights: str | None = None
     weights_prefix: str | None = None
     weights_map: dict[str, str] = field(default_factory=dict)
-    weights_strict: bool = True
+    weights_strict: bool | str = spec(True, choices=(True, False, "none-ok"))
     feature_layer: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
@@ -311,8 +313,55 @@ def check_run_name(name: str | None, key: str = "output.name") -> None:
         )
 
 
-def validate(data: dict[str, Any]) -> Config:
-    """Validate a plain dict into a :class:`Config` (errors name the key)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused unread."""
+MAX_CONFIG_VALUES = 100_000
+"""A config holding more values than this, counted with every YAML alias (or shared
+reference of a checkpoint's stored config) expanded, is refused: an alias bomb."""
+MAX_CONFIG_DEPTH = 64
+
+
+def check_bounded(data: Any, where: str) -> None:
+    """Refuse ``data`` (plain data from YAML or a checkpoint) when it expands to more than
+    :data:`MAX_CONFIG_VALUES` values or nests deeper than :data:`MAX_CONFIG_DEPTH` (a
+    self-referencing or exponentially aliased document), without expanding it."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where}: more than {MAX_CONFIG_VALUES:,} values once its YAML aliases (or "
+                "shared references) are expanded; refused as an alias bomb"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep (or refers to itself)"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((k, depth + 1) for k in node)
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def check_trusted(cfg: Config, source: str) -> None:
+    """Refuse every key of ``cfg`` that names code by import path (see :mod:`bdkd.plugins`):
+    for configs read back from a run directory or checkpoint (``source`` says which)."""
+    try:
+        for name, net in cfg.networks.items():
+            refuse_untrusted(f"networks.{name}.model", net.model, source)
+        refuse_untrusted("data.dataset", cfg.data.dataset, source)
+    except UntrustedCode as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate(data: dict[str, Any], *, trusted: bool = True, source: str = "the config") -> Config:
+    """Validate a plain dict into a :class:`Config` (errors name the key). With
+    ``trusted=False`` (a config read back from ``source``, a run directory or checkpoint)
+    import paths are refused (:func:`check_trusted`)."""
+    check_bounded(data, source)
     data = copy.deepcopy(data)
     method = data.get("method", {"name": "scratch"})
     if isinstance(method, str):
@@ -358,6 +407,8 @@ def validate(data: dict[str, Any]) -> Config:
             "is 0; set eval.temperature_scaling: false or hold images out with data.val_size"
         )
     check_run_name(cfg.output.name)
+    if not trusted:
+        check_trusted(cfg, source)
     return cfg
 
 
@@ -404,9 +455,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    """Parse YAML safely (no tags that build objects), with ``1e-3`` read as a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    """Parse YAML safely (no tags that build objects), with ``1e-3`` read as a float; a
+    document that expands to too many values (an alias bomb) is refused
+    (:func:`check_bounded`)."""
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    check_bounded(data, where)
+    return data
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +482,16 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
-        data = parse_yaml(path.read_text()) or {}
+        size = path.stat().st_size
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot be read ({err})") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path}: {size:,} bytes, more than a config may hold "
+            f"({MAX_CONFIG_BYTES:,}); refused unread"
+        )
+    try:
+        data = parse_yaml(path.read_text(), f"config file {path}") or {}
     except yaml.YAMLError as err:
         raise ConfigError(
             f"config file {path}: not valid YAML ({err})".replace("\n", " ")
@@ -470,9 +534,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config file."""
-    return validate(apply_overrides(read_yaml(path), overrides or []))
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, *, trusted: bool = True
+) -> Config:
+    """Read, override and validate a config file (``trusted=False`` for a config read back
+    from a run directory: import paths refused, see :mod:`bdkd.plugins`)."""
+    return validate(
+        apply_overrides(read_yaml(path), overrides or []), trusted=trusted, source=str(path)
+    )
 
 
 def dump_config(cfg: Config) -> str:

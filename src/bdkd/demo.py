@@ -137,36 +137,12 @@ def reading(rows: dict[str, dict[str, float]]) -> str:
     return line + " One seed: docs/results/fashion_mnist.md has several, with intervals."
 
 
-def run_demo(
-    out: Path | None = None,
-    *,
-    allow_install: bool = True,
-    force: bool = False,
-    overrides: list[str] | None = None,
-    workers: int | None = None,
-) -> Path:
-    """Train the demo's runs under ``out`` (``workers`` at a time, default one per CPU core
-    up to 2) and write its report; returns the directory. Every config is validated before
-    anything is trained."""
-    import concurrent.futures
-    import multiprocessing
-
-    from bdkd.report import compare_runs, load_summary, markdown_table
-
-    dataset, config_set = "fashion_mnist", "demo"
-    if not fashion_mnist_present():
-        if not (allow_install and install_fashion_mnist()):
-            dataset, config_set = "digits", "digits"
-            print(
-                "demo: Fashion-MNIST is not available, so the demo runs on scikit-learn's digits instead",
-                file=sys.stderr,
-            )
-    configs = find_configs(config_set)
-    out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    workers = workers or max(1, min(2, os.cpu_count() or 1))
-    names = ("teacher", *STUDENT_METHODS)
+def _plan(
+    configs: Path, out: Path, overrides: list[str] | None, workers: int
+) -> dict[str, list[str]]:
+    """Every run's overrides, each config validated with them before anything is written."""
     plan: dict[str, list[str]] = {}
-    for name in names:  # validate every config before anything is written or trained
+    for name in ("teacher", *STUDENT_METHODS):
         extra = [*(overrides or []), "train.progress=false"]
         if workers > 1:
             extra.append("train.threads=1")
@@ -174,16 +150,18 @@ def run_demo(
             extra.append(f"networks.teacher.checkpoint={out / 'teacher'}")
         load_config(configs / f"{name}.yaml", extra)
         plan[name] = extra
-    check_run_dir(out, force=force, kind="demo", protect=[configs])
-    create_run_dir(out, force=force, kind="demo", protect=[configs], subdirs=())
+    return plan
+
+
+def _train_all(
+    configs: Path, plan: dict[str, list[str]], runs: dict[str, Path], workers: int, force: bool
+) -> None:
+    """Train every run, ``workers`` at a time in spawned processes; KD starts when the
+    teacher is done. A failed run stops the demo with its error."""
+    import concurrent.futures
+    import multiprocessing
+
     started = time.perf_counter()
-    runs = {name: out / name for name in names}
-    print(
-        f"demo: {dataset}, configs {configs}; training teacher, {', '.join(STUDENT_METHODS)} "
-        f"({workers} at a time) under {out}",
-        file=sys.stderr,
-        flush=True,
-    )
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
 
@@ -199,7 +177,7 @@ def run_demo(
             )
             for future in done:
                 name = pending.pop(future)
-                summary = future.result()  # a failed run stops the demo with its error
+                summary = future.result()
                 r = summary["results"][summary["deployed"]]
                 print(
                     f"demo: {name} done after {time.perf_counter() - started:.0f} s "
@@ -210,6 +188,13 @@ def run_demo(
                 if name == "teacher":
                     pending[submit("kd")] = "kd"
 
+
+def _write_report(
+    out: Path, runs: dict[str, Path], dataset: str, configs: Path, minutes: float
+) -> tuple[str, str]:
+    """report.md and reliability.png of the demo; returns (table, reading)."""
+    from bdkd.report import compare_runs, load_summary, markdown_table
+
     teacher = load_summary(runs["teacher"])
     t_net = teacher["deployed"]
     rows = {f"teacher ({teacher['models'][t_net]})": teacher["results"][t_net]}
@@ -218,9 +203,7 @@ def run_demo(
         s = load_summary(runs[name])
         students[name] = s["results"][s["deployed"]]
         rows[f"{LABELS[name]} ({s['models'][s['deployed']]})"] = students[name]
-    figure = out / "reliability.png"
-    compare_runs([runs[m] for m in STUDENT_METHODS], figure)
-    minutes = (time.perf_counter() - started) / 60
+    compare_runs([runs[m] for m in STUDENT_METHODS], out / "reliability.png")
     table = markdown_table(rows, first="model")
     line = reading(students)
     where = configs.relative_to(configs.parents[1]) if len(configs.parents) > 1 else configs
@@ -242,9 +225,49 @@ def run_demo(
         ]
     )
     write_text(out / "report.md", text)
+    return table, line
+
+
+def run_demo(
+    out: Path | None = None,
+    *,
+    allow_install: bool = True,
+    force: bool = False,
+    overrides: list[str] | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Train the demo's runs under ``out`` (``workers`` at a time, default one per CPU core
+    up to 2) and write its report; returns the directory. Every config is validated before
+    anything is trained."""
+    dataset, config_set = "fashion_mnist", "demo"
+    if not fashion_mnist_present():
+        if not (allow_install and install_fashion_mnist()):
+            dataset, config_set = "digits", "digits"
+            print(
+                "demo: Fashion-MNIST is not available, so the demo runs on scikit-learn's digits instead",
+                file=sys.stderr,
+            )
+    configs = find_configs(config_set)
+    out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    plan = _plan(configs, out, overrides, workers)
+    check_run_dir(out, force=force, kind="demo", protect=[configs])
+    create_run_dir(out, force=force, kind="demo", protect=[configs], subdirs=())
+    started = time.perf_counter()
+    runs = {name: out / name for name in ("teacher", *STUDENT_METHODS)}
+    print(
+        f"demo: {dataset}, configs {configs}; training teacher, {', '.join(STUDENT_METHODS)} "
+        f"({workers} at a time) under {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _train_all(configs, plan, runs, workers, force)
+    minutes = (time.perf_counter() - started) / 60
+    table, line = _write_report(out, runs, dataset, configs, minutes)
     print(table)
     print(f"\n{line}")
     print(
-        f"\ndemo: report written to {out / 'report.md'}, reliability figure to {figure} ({minutes:.1f} min)"
+        f"\ndemo: report written to {out / 'report.md'}, reliability figure to "
+        f"{out / 'reliability.png'} ({minutes:.1f} min)"
     )
     return out

@@ -31,6 +31,49 @@ COLUMNS = (
 )
 
 
+def _draw_panel(top: Any, bottom: Any, name: str, bins: cal.ReliabilityBins, n_bins: int) -> None:
+    """One model's column: accuracy per bin against confidence with the gap (top), the
+    confidence histogram with mean confidence and accuracy marked (bottom)."""
+    width = 1.0 / n_bins
+    centers = (np.arange(n_bins) + 0.5) * width
+    count, acc, mean_conf = bins.count, bins.accuracy, bins.confidence
+    nonempty = count > 0
+    top.bar(
+        centers[nonempty],
+        acc[nonempty],
+        width=width,
+        color="#3b75af",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    top.bar(
+        centers[nonempty],
+        (mean_conf - acc)[nonempty],
+        bottom=acc[nonempty],
+        width=width,
+        color="#e6554d",
+        alpha=0.35,
+        hatch="//",
+        edgecolor="#b8322a",
+        linewidth=0.5,
+        label="gap",
+    )
+    top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+    top.set_title(f"{name}\nECE {100 * bins.ece:.2f}% ({n_bins} bins)", fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(
+        centers, count / count.sum(), width=width, color="#7f7f7f", edgecolor="black", linewidth=0.5
+    )
+    bottom.axvline(
+        bins.mean_confidence, color="#e6554d", linestyle="--", linewidth=1, label="avg conf"
+    )
+    bottom.axvline(
+        bins.mean_accuracy, color="#3b75af", linestyle="-", linewidth=1, label="accuracy"
+    )
+    bottom.legend(loc="upper left", fontsize=7)
+
+
 def reliability_diagram(
     models: Mapping[str, tuple[Any, Any]],
     path: str | Path,
@@ -60,62 +103,15 @@ def reliability_diagram(
     fig, axes = plt.subplots(
         2, k, figsize=(3.6 * k, 5.4), squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]}
     )
-    width = 1.0 / n_bins
-    centers = (np.arange(n_bins) + 0.5) * width
     for col, (name, panel) in enumerate(models.items()):
         if isinstance(panel, cal.ReliabilityBins):
             bins = panel
         else:
-            probs, labels = panel
-            bins = cal.reliability_bins(probs, labels, n_bins=n_bins)
-        count, acc, mean_conf = bins.count, bins.accuracy, bins.confidence
+            bins = cal.reliability_bins(*panel, n_bins=n_bins)
         top, bottom = axes[0, col], axes[1, col]
-        nonempty = count > 0
-        top.bar(
-            centers[nonempty],
-            acc[nonempty],
-            width=width,
-            color="#3b75af",
-            edgecolor="black",
-            linewidth=0.5,
-            label="accuracy",
-        )
-        top.bar(
-            centers[nonempty],
-            (mean_conf - acc)[nonempty],
-            bottom=acc[nonempty],
-            width=width,
-            color="#e6554d",
-            alpha=0.35,
-            hatch="//",
-            edgecolor="#b8322a",
-            linewidth=0.5,
-            label="gap",
-        )
-        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        _draw_panel(top, bottom, name, bins, n_bins)
         top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if col == 0 else None)
-        top.set_title(f"{name}\nECE {100 * bins.ece:.2f}% ({n_bins} bins)", fontsize=10)
-        top.legend(loc="upper left", fontsize=8)
-        bottom.bar(
-            centers,
-            count / count.sum(),
-            width=width,
-            color="#7f7f7f",
-            edgecolor="black",
-            linewidth=0.5,
-        )
-        bottom.axvline(
-            bins.mean_confidence, color="#e6554d", linestyle="--", linewidth=1, label="avg conf"
-        )
-        bottom.axvline(
-            bins.mean_accuracy,
-            color="#3b75af",
-            linestyle="-",
-            linewidth=1,
-            label="accuracy",
-        )
         bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="fraction" if col == 0 else None)
-        bottom.legend(loc="upper left", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -239,14 +235,50 @@ def write_run_report(
     write_text(run_dir / "report.md", "\n".join(lines))
 
 
+MAX_SUMMARY_BYTES = 64 << 20
+
+
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    """A finished run's summary.json (a clear error if the run is not finished)."""
+    """A finished image run's summary.json, checked: a missing, damaged or edited file (not
+    JSON, or without the mapping of results per network, the models and the deployed
+    network) is a one-line error naming it."""
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{run_dir}: no summary.json (not a bdkd run directory, or the run has not finished)"
         )
-    return json.loads(path.read_text())
+    if path.stat().st_size > MAX_SUMMARY_BYTES:
+        raise ValueError(f"{path}: larger than any summary bdkd writes; refused unread")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err})") from None
+    problem = _summary_problem(summary)
+    if problem:
+        raise ValueError(f"{path} is not a bdkd run summary: {problem}")
+    return summary
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """What is wrong with a run summary's shape, or None."""
+    if not isinstance(summary, dict):
+        return "not a mapping"
+    results, models = summary.get("results"), summary.get("models")
+    if not isinstance(results, dict) or not results:
+        return "no 'results' mapping"
+    if not isinstance(models, dict) or set(models) != set(results):
+        return "'models' does not name the model of every network in 'results'"
+    if summary.get("deployed") not in results:
+        return f"its deployed network {summary.get('deployed')!r} has no results"
+    for name, metrics in results.items():
+        if not isinstance(metrics, dict):
+            return f"the results of {name!r} are not a mapping"
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, list, type(None))):
+                return f"results.{name}.{key} is {value!r}, not a number"
+    if not isinstance(summary.get("bins", 15), int) or isinstance(summary.get("bins"), bool):
+        return f"'bins' is {summary.get('bins')!r}, not a count"
+    return None
 
 
 def compare_runs(

@@ -64,10 +64,15 @@ def relaunch_distributed(argv: Sequence[str], nproc: int) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-def run_target(args: argparse.Namespace, load: Callable[..., Any]) -> tuple[Any, Path, bool]:
+def run_target(
+    args: argparse.Namespace,
+    load: Callable[..., Any],
+    load_stored: Callable[[Path], Any] | None = None,
+) -> tuple[Any, Path, bool]:
     """(config, run directory, resuming?) of ``train`` / ``llm-distill``: ``--resume RUN``
-    reads the run's own config.yaml; else CONFIG with overrides, into ``--out`` or
-    output.dir/output.name (default ``<config>-seed<seed>``)."""
+    reads the run's own config.yaml (with ``load_stored``, which treats it as someone
+    else's, when given); else CONFIG with overrides, into ``--out`` or output.dir/output.name
+    (default ``<config>-seed<seed>``)."""
     from bdkd.engine.lifecycle import check_resumable
     from bdkd.engine.rundir import default_run_dir
 
@@ -78,7 +83,7 @@ def run_target(args: argparse.Namespace, load: Callable[..., Any]) -> tuple[Any,
                 "--resume takes the run's own config.yaml; give no CONFIG or overrides with it"
             )
         check_resumable(run_dir)
-        return load(run_dir / "config.yaml"), run_dir, True
+        return (load_stored or load)(run_dir / "config.yaml"), run_dir, True
     if not args.config:
         raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
     cfg = load(args.config, args.overrides)
@@ -103,4 +108,14 @@ def add_run_flags(parser: argparse.ArgumentParser, nproc_help: str) -> None:
         help="replace an existing run directory made by bdkd (after the new run has validated)",
     )
     parser.add_argument("--out", help="the run directory (overrides output.dir/output.name)")
+    add_trust_flag(parser)
     add_process_flags(parser, nproc_help)
+
+
+def add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let a config read back from a run directory or checkpoint name code by import "
+        "path (never without it; also BDKD_TRUST_CODE=1)",
+    )

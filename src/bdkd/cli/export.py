@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from bdkd.cli.common import add_trust_flag
+
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bdkd.engine.export import export_run
+    from bdkd.deploy.export import export_run
 
     record = export_run(
         args.run,
@@ -17,6 +19,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         raw_input=args.raw_input,
         force=args.force,
+        trust_code=args.trust_code,
     )
     t = record["test"]
     folded = (
@@ -34,7 +37,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bdkd.engine.export import FORMATS
+    from bdkd.deploy.export import FORMATS
 
     exp = sub.add_parser(
         "export",
@@ -56,4 +59,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--raw-input", action="store_true", help="graph takes uint8 images and normalises them"
     )
     exp.add_argument("--force", action="store_true", help="overwrite --out")
+    add_trust_flag(exp)
     exp.set_defaults(func=cmd_export)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bdkd.cli.common import (
     add_run_flags,
+    add_trust_flag,
     check_bins,
     check_figure,
     relaunch_distributed,
@@ -20,11 +21,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bdkd.config import load_config
     from bdkd.engine import Trainer
     from bdkd.engine.distributed import destroy
+    from bdkd.plugins import code_trusted
     from bdkd.report import markdown_table
 
     if wants_processes(args):
         return relaunch_distributed(args.argv, args.nproc)
-    cfg, run_dir, resume = run_target(args, load_config)
+    trusted = code_trusted(args.trust_code)
+    cfg, run_dir, resume = run_target(
+        args, load_config, lambda path: load_config(path, trusted=trusted)
+    )
     if resume:
         trainer = Trainer(cfg, run_dir, resume=True)
         print(
@@ -61,6 +66,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         networks=args.network,
         device=args.device,
         bins=args.bins,
+        trust_code=args.trust_code,
     )
     print(f"{args.target}: {args.split} split, {labels.shape[0]} samples, {args.bins} bins")
     print(markdown_table(results))
@@ -104,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--save-logits", help="write logits and labels to this .npz (for bdkd calibrate)"
     )
     ev.add_argument("--force", action="store_true", help="overwrite --save-logits")
+    add_trust_flag(ev)
     ev.set_defaults(func=cmd_eval)
 
     cmp_ = sub.add_parser("compare", help="compare finished runs side by side")

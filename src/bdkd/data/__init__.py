@@ -5,7 +5,9 @@
 untouched).
 """
 
-from bdkd.data import custom, folders, segmentation, sources  # noqa: F401  (register datasets)
+import importlib
+import pkgutil
+
 from bdkd.data.augment import (
     Augment,
     epoch_generator,
@@ -24,11 +26,11 @@ from bdkd.data.base import (
     DatasetInfo,
     Splits,
     available_datasets,
-    load_dataset,
     make_splits,
     register_dataset,
 )
 from bdkd.data.folders import ImageFolderSplit
+from bdkd.data.load import load_dataset
 from bdkd.data.loader import InMemoryLoader, StreamedLoader
 from bdkd.data.segmentation import SegAugment, compose_scenes
 from bdkd.data.sources import read_idx, safe_unpickle
@@ -60,3 +62,12 @@ __all__ = [
     "register_dataset",
     "safe_unpickle",
 ]
+
+
+def _register_every_module() -> None:
+    """Import every module of this package, so that a new file registers itself."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_every_module()

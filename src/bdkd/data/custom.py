@@ -113,10 +113,12 @@ def load_custom(
         kwargs["root"] = None if root is None else str(root)
     try:
         result = factory(**kwargs)
-    except TypeError as err:
+    except Exception as err:  # the user's own code: any exception is one line
+        first = (str(err).strip().splitlines() or [""])[0]
         raise DataError(
-            f"dataset {path!r}: calling it with {sorted(kwargs)} failed ({err})"
-        ) from None
+            f"dataset {path!r}: calling it with {sorted(kwargs)} failed ({type(err).__name__}: "
+            f"{first}); BDKD_TRACEBACK=1 shows where"
+        ) from err
     if not isinstance(result, Mapping) or "train" not in result or "test" not in result:
         raise DataError(f"dataset {path!r} must return a mapping with 'train' and 'test'")
     splits = {

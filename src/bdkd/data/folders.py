@@ -18,6 +18,7 @@ centre-cropped to ``image_size`` x ``image_size``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,16 +31,30 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _eight_bit(img: Any, path: Path) -> Any:
+    """A 16-bit (or 32-bit integer) grey image scaled to 8 bits by value (Pillow's own
+    conversion would clip every value above 255 to 255); other images as they are."""
+    from PIL import Image
+
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    values = np.asarray(img, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DataError(f"{path}: pixel values outside [0, 65535] ({img.mode} image)")
+    return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), "L")
+
+
 def read_image(
     path: Path, size: int | None = None, resize: int | None = None, mode: str = "RGB"
 ) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) for ``mode="RGB"`` or (H, W, 1) for ``"L"``;
-    optionally resize the shorter side to ``resize`` and centre-crop ``size`` x ``size``."""
+    """Decode an image file to uint8 (H, W, 3) for ``mode="RGB"`` or (H, W, 1) for ``"L"``
+    (16-bit grey images scaled to 8 bits by value); optionally resize the shorter side to
+    ``resize`` and centre-crop ``size`` x ``size``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
+            img = _eight_bit(img, path).convert(mode)
             if resize is not None:
                 w, h = img.size
                 scale = resize / min(w, h)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from bdkd.data.augment import epoch_generator
-from bdkd.data.base import ArraySplit
+from bdkd.data.base import ArraySplit, DataError
 
 
 class InMemoryLoader:
@@ -81,6 +82,22 @@ class InMemoryLoader:
                 yield self.images[idx], self.labels[idx]
 
 
+def _clean_errors(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches`` with a DataError raised in a worker process re-raised as one line: the
+    worker's own message (a DataLoader wraps it in the worker's whole traceback)."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except DataError as err:
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            last = lines[-1] if lines else "a streamed sample could not be read"
+            raise DataError(last.split("DataError: ", 1)[-1]) from None
+        yield batch
+
+
 class StreamedLoader:
     """Batches of a streamed split (decoded per sample by a ``DataLoader``) with
     :class:`InMemoryLoader`'s interface: the same per-epoch order from (seed, epoch), the
@@ -124,7 +141,7 @@ class StreamedLoader:
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers
         )
-        for i, (images, labels) in enumerate(loader):
+        for i, (images, labels) in enumerate(_clean_errors(loader)):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if self.with_index:

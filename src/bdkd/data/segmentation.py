@@ -52,24 +52,62 @@ IGNORE = 255
 # --------------------------------------------------------------------------- reading files
 
 
+def _check_label(
+    label: np.ndarray, path: Path, mode: str, num_classes: int, mapping: np.ndarray | None
+) -> None:
+    """Refuse a label map whose values cannot be class indices: negative, beyond what the
+    mapping covers (raw ids), or, without a mapping, neither a class nor the ignore index."""
+    if not label.size:
+        return
+    lo, hi = int(label.min()), int(label.max())
+    if mapping is not None:
+        ok = lo >= 0 and hi < len(mapping)
+        wanted = f"[0, {len(mapping) - 1}] (the dataset's raw label ids)"
+    else:
+        bad = (label < 0) | ((label >= num_classes) & (label != IGNORE))
+        ok = not bool(bad.any())
+        wanted = f"[0, {num_classes - 1}] or {IGNORE} (ignored)"
+    if not ok:
+        raise DataError(
+            f"{path}: label values lie in [{lo}, {hi}] ({mode} image), outside {wanted}; a "
+            "16-bit or damaged label map would be read as other classes"
+        )
+
+
 def _read_pair(
-    image_path: Path, label_path: Path, height: int, width: int, mapping: np.ndarray | None
+    image_path: Path,
+    label_path: Path,
+    height: int,
+    width: int,
+    mapping: np.ndarray | None,
+    num_classes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(image_path) as img:
+            size = img.size
             image = np.array(img.convert("RGB").resize((width, height), Image.BILINEAR), np.uint8)
         with Image.open(label_path) as lab:
             if lab.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(
                     f"{label_path}: a label map must be a single-channel PNG, got {lab.mode}"
                 )
+            if lab.size != size:
+                raise DataError(
+                    f"{label_path}: the label map is {lab.size[0]}x{lab.size[1]}, its image "
+                    f"{image_path.name} {size[0]}x{size[1]}; they must be the same size"
+                )
+            _check_label(
+                np.asarray(lab, dtype=np.int64), label_path, lab.mode, num_classes, mapping
+            )
             label = np.array(lab.resize((width, height), Image.NEAREST)).astype(np.int64)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as err:
         raise DataError(f"{image_path} / {label_path}: not a readable image pair ({err})") from None
     if mapping is not None:
-        label = mapping[np.clip(label, 0, len(mapping) - 1)]
+        label = mapping[label]
     return image, label.astype(np.uint8)
 
 
@@ -82,19 +120,27 @@ class SegFolderSplit(Dataset):
         height: int,
         width: int,
         mapping: np.ndarray | None = None,
+        num_classes: int = 256,
     ) -> None:
         self.pairs, self.height, self.width, self.mapping = pairs, height, width, mapping
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image, label = _read_pair(*self.pairs[i], self.height, self.width, self.mapping)
+        image, label = _read_pair(
+            *self.pairs[i], self.height, self.width, self.mapping, self.num_classes
+        )
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label)
 
     def subset(self, index: Tensor) -> SegFolderSplit:
         return SegFolderSplit(
-            [self.pairs[i] for i in index.tolist()], self.height, self.width, self.mapping
+            [self.pairs[i] for i in index.tolist()],
+            self.height,
+            self.width,
+            self.mapping,
+            self.num_classes,
         )
 
 
@@ -104,15 +150,16 @@ def _load_pairs(
     width: int,
     mapping: np.ndarray | None,
     in_memory: bool,
+    num_classes: int,
 ) -> ArraySplit | SegFolderSplit:
     if not pairs:
         raise DataError("no image / label pairs found")
     if not in_memory:
-        return SegFolderSplit(pairs, height, width, mapping)
+        return SegFolderSplit(pairs, height, width, mapping, num_classes)
     images = torch.empty(len(pairs), 3, height, width, dtype=torch.uint8)
     labels = torch.empty(len(pairs), height, width, dtype=torch.uint8)
     for i, (img, lab) in enumerate(pairs):
-        a, b = _read_pair(img, lab, height, width, mapping)
+        a, b = _read_pair(img, lab, height, width, mapping, num_classes)
         images[i] = torch.from_numpy(a).permute(2, 0, 1)
         labels[i] = torch.from_numpy(b)
     return ArraySplit(images, labels)
@@ -197,7 +244,12 @@ def load_cityscapes(
         mapping = None if train_ids else CITYSCAPES_MAP
         splits.append(
             _load_pairs(
-                pairs, height, width, mapping, _fits(len(pairs), height, width, memory_limit_mb)
+                pairs,
+                height,
+                width,
+                mapping,
+                _fits(len(pairs), height, width, memory_limit_mb),
+                len(CITYSCAPES_CLASSES),
             )
         )
     info = _info("cityscapes", CITYSCAPES_CLASSES, height, IMAGENET_MEAN, IMAGENET_STD)
@@ -247,7 +299,12 @@ def load_voc(
                 )
         splits.append(
             _load_pairs(
-                pairs, height, width, None, _fits(len(pairs), height, width, memory_limit_mb)
+                pairs,
+                height,
+                width,
+                None,
+                _fits(len(pairs), height, width, memory_limit_mb),
+                len(VOC_CLASSES),
             )
         )
     info = _info("voc", VOC_CLASSES, height, IMAGENET_MEAN, IMAGENET_STD)
@@ -303,7 +360,12 @@ def load_ade20k(
             pairs.append((img, lab))
         splits.append(
             _load_pairs(
-                pairs, height, width, mapping, _fits(len(pairs), height, width, memory_limit_mb)
+                pairs,
+                height,
+                width,
+                mapping,
+                _fits(len(pairs), height, width, memory_limit_mb),
+                num_classes,
             )
         )
     classes = [f"class_{i}" for i in range(num_classes)]

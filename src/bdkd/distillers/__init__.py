@@ -10,6 +10,8 @@ constructor arguments, and, for an offline method, the objective's.
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,3 +117,12 @@ def create_distiller(
     return OfflineDistiller(
         networks, objective=method, objective_kwargs=objective_kwargs, layout=layout, **own
     )
+
+
+def _register_every_module() -> None:
+    """Import every module of this package, so that a new file registers itself."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_every_module()

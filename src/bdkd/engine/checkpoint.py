@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bdkd.config import ConfigError, check_bounded
 from bdkd.files import UnreadableFile, atomic_path, safe_torch_load
 
 
@@ -53,6 +54,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} is not a bdkd checkpoint (no {missing} entry)")
     if not isinstance(state["networks"], dict) or not isinstance(state["config"], dict):
         raise CheckpointError(f"checkpoint {path}: 'networks' and 'config' must be mappings")
+    try:  # its stored config is plain data within the bounds of a config file
+        check_bounded(state["config"], f"checkpoint {path}, its stored config")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     return state
 
 

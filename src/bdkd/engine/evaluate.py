@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from bdkd import calibration as cal
 from bdkd.config import ConfigError, validate
 from bdkd.engine import build, distributed, tasks
-from bdkd.engine.checkpoint import load_checkpoint, load_network_state
+from bdkd.engine.checkpoint import CheckpointError, load_checkpoint, load_network_state
+from bdkd.plugins import code_trusted
 
 
 @dataclass
@@ -98,16 +99,33 @@ def evaluate_checkpoint(
     networks: list[str] | None = None,
     device: str = "auto",
     bins: int = 15,
+    trust_code: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor], Tensor]:
     """Metrics, logits and labels of each network of a run directory or checkpoint file.
 
     The dataset defaults to the run's; ``dataset``/``root`` evaluate on another one with the
-    same number of classes. ``split`` is ``test`` or ``val``. Uses the run's precision.
+    same number of classes. ``split`` is ``test`` or ``val``. Uses the run's precision. The
+    checkpoint's stored config is data: only the networks evaluated are built, and it may
+    name only registered objects unless ``trust_code`` (or ``BDKD_TRUST_CODE=1``).
     """
     path = Path(target)
     ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
     state = load_checkpoint(ckpt_path)
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    names = networks or list(state["networks"])
+    unknown = sorted(set(names) - set(state["networks"]))
+    if unknown:
+        raise ConfigError(
+            f"checkpoint {ckpt_path} has no network(s) {unknown}; it has {sorted(state['networks'])}"
+        )
     data: dict[str, Any] = dict(state["config"])
+    stored = data.get("networks") if isinstance(data.get("networks"), dict) else {}
+    missing = sorted(set(names) - set(stored))
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt_path}: its config has no network(s) {missing}")
+    data["networks"] = {n: stored[n] for n in names}  # only what is evaluated is built
+    validate(data, trusted=code_trusted(trust_code), source=f"checkpoint {ckpt_path}")
     data["data"] = dict(data.get("data", {}))
     if dataset is not None:
         data["data"]["dataset"] = dataset
@@ -115,22 +133,15 @@ def evaluate_checkpoint(
     elif root is not None:
         data["data"]["root"] = root
     cfg = validate(data)
-    if split not in ("test", "val"):
-        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     splits = build.load_splits(cfg)
     if splits.info.num_classes != state.get("num_classes"):
         raise ConfigError(
             f"dataset {splits.info.name!r} has {splits.info.num_classes} classes, the checkpoint's networks {state.get('num_classes')}"
         )
-    names = networks or list(state["networks"])
-    unknown = sorted(set(names) - set(state["networks"]))
-    if unknown:
-        raise ConfigError(
-            f"checkpoint {ckpt_path} has no network(s) {unknown}; it has {sorted(state['networks'])}"
-        )
     dev = build.resolve_device(device)
     for name in list(cfg.networks):
         cfg.networks[name].checkpoint = None
+        cfg.networks[name].weights = None
     models = build.build_networks(cfg, splits)
     task = tasks.for_dataset(splits.info)
     augment = task.augment(cfg.data)

@@ -53,6 +53,7 @@ from bdkd.engine.rundir import (
     check_run_dir,
     create_run_dir,
     read_marker,
+    refuse_links,
     truncate_metrics,
     write_text_atomic,
 )
@@ -213,6 +214,8 @@ class RunLifecycle:
         self.run_dir_kind = "run" if kind == "image" else "llm-distill"
         # look before building anything; the directory is touched only by open()
         self.marker = check_resumable(self.run_dir) if resume else None
+        if resume:
+            refuse_links(self.run_dir, self.run_dir_kind)
         if not resume:
             check_run_dir(self.run_dir, force=force, kind=self.run_dir_kind, protect=protect)
         if threads:

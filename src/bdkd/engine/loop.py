@@ -146,11 +146,11 @@ class Trainer:
                     model = self.cfg.networks[name].model
                     try:
                         z = net(x)
-                    except (RuntimeError, ValueError, TypeError) as err:
+                    except Exception as err:  # a user's model may raise anything
                         raise ConfigError(
                             f"network {name!r} ({model}) fails on this dataset's images "
-                            f"{tuple(x.shape[1:])}: {_first_line(err)}"
-                        ) from None
+                            f"{tuple(x.shape[1:])}: {type(err).__name__}: {_first_line(err)}"
+                        ) from err
                     self.task.check_logits(name, model, z, x.shape[0])
         finally:
             self.distiller.train()
@@ -171,12 +171,12 @@ class Trainer:
             )
         except (TrainingDiverged, ConfigError):
             raise
-        except (RuntimeError, ValueError, TypeError) as err:
-            raise RuntimeError(
+        except Exception as err:  # a user's model (its backward too) may raise anything
+            raise ConfigError(
                 f"method {self.cfg.method_name!r}: the first training step (forward, backward, "
-                f"optimizer step) fails on two training images: {_first_line(err)}; nothing "
-                "was written"
-            ) from None
+                f"optimizer step) fails on two training images: {type(err).__name__}: "
+                f"{_first_line(err)}; nothing was written"
+            ) from err
 
     def _open_cache(self) -> TeacherLogitCache | None:
         path = self.cfg.train.teacher_cache

@@ -79,6 +79,7 @@ __all__ = [
     "default_run_dir",
     "read_jsonl",
     "read_marker",
+    "refuse_links",
     "truncate_metrics",
     "write_text_atomic",
 ]
@@ -147,6 +148,31 @@ def check_run_dir(
             f"refusing to replace {path} with --force: it was not made by bdkd (no {MARKER} "
             "marker); bdkd replaces only its own run directories, so choose another --out"
         )
+    return path
+
+
+def refuse_links(path: str | Path, kind: str = "run") -> Path:
+    """Refuse a run directory that is a symbolic link or holds one anywhere inside (a file
+    or a directory): bdkd writes into its run directories, and a write through a link would
+    land outside the run (a downloaded run whose ``predictions/`` points at a user's folder
+    would overwrite it). Links are looked at, never followed."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunDirError(
+            f"{kind} directory {path} is a symbolic link; bdkd writes only into real "
+            "directories (give the directory it points to, if it is yours)"
+        )
+    if not path.is_dir():
+        return path
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in [*dirs, *files]:
+            entry = Path(root) / name
+            if entry.is_symlink():
+                raise RunDirError(
+                    f"{kind} directory {path} holds a symbolic link, {entry} -> "
+                    f"{os.readlink(entry)}; bdkd never writes through links in a run directory "
+                    "(they lead outside it): remove the link, or copy the run without it"
+                )
     return path
 
 

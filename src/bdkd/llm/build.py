@@ -28,6 +28,9 @@ __all__ = [
     "build_data",
     "build_models",
     "cache_warning",
+    "check_built_positions",
+    "check_positions",
+    "longest_text",
     "open_teacher_cache",
     "pad_id",
 ]
@@ -80,9 +83,13 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
     else:
         try:
             student = make_student(teacher, layers=s.layers, config=s.config, seed=cfg.train.seed)
-        except (ValueError, TypeError) as err:
+        except Exception as err:  # transformers refuses a bad architecture in many ways
             key = "layers" if s.layers is not None else "config"
-            raise ConfigError(f"config key 'student.{key}': {err}") from None
+            first = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ConfigError(
+                f"config key 'student.{key}': the student cannot be built from it "
+                f"({type(err).__name__}: {first})"
+            ) from err
         name = "the derived student"
     student.float()
     if teacher is not None:
@@ -98,6 +105,40 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
         else:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return teacher, student, tokenizer
+
+
+def longest_text(examples: list[Example]) -> int:
+    """The most tokens any example holds."""
+    return max((len(e.ids) for e in examples), default=0)
+
+
+def check_positions(
+    models: dict[str, Any], tokens: int, key: str = "data.max_length", extra: str = ""
+) -> None:
+    """Texts of ``tokens`` tokens must fit each model's positions (``max_position_embeddings``):
+    a longer one would fail inside the model's forward; the error names ``key``."""
+    from bdkd.llm.models import max_positions
+
+    for who, model in models.items():
+        limit = None if model is None else max_positions(model)
+        if limit is not None and tokens > limit:
+            raise ConfigError(
+                f"config key {key!r}: the longest text has {tokens} tokens{extra}, more than the "
+                f"{who}'s {limit} positions (max_position_embeddings); set {key} to at most "
+                f"{limit}"
+            )
+
+
+def check_built_positions(cfg: LLMConfig, built: Built) -> None:
+    """:func:`check_positions` for a built run: its longest text (plus, on-policy, the
+    tokens the student samples) against teacher and student."""
+    tc = cfg.train
+    tokens = longest_text(built.train + built.val + built.test)
+    extra = ""
+    if tc.on_policy_fraction > 0:
+        tokens += tc.max_new_tokens
+        extra = " with train.max_new_tokens sampled on-policy"
+    check_positions({"teacher": built.teacher, "student": built.student}, tokens, extra=extra)
 
 
 def pad_id(tokenizer: Any) -> int:

@@ -28,13 +28,17 @@ import numpy as np
 import torch
 
 from bdkd.engine.rundir import create_run_dir, read_marker
-from bdkd.files import write_json
+from bdkd.files import OutputError, write_json
 from bdkd.llm.batch import TopKTeacher
 from bdkd.llm.data import Example, collate
 from bdkd.llm.metrics import TokenMetrics
 
 SPLITS = ("train", "val", "test")
-FORMAT = 1
+FORMAT = 2
+ARRAYS = ("ids.npy", "log_probs.npy", "tail.npy")
+CHUNK = 1 << 16
+MASS_TOLERANCE = 0.02
+"""How far above 1 a cached row's probabilities may sum (float16 rounding of k values)."""
 
 
 class TeacherCacheError(ValueError):
@@ -113,6 +117,23 @@ def target_counts(examples: Sequence[Example]) -> np.ndarray:
     return np.array([len(e.ids) - max(1, e.loss_start) for e in examples], dtype=np.int64)
 
 
+def _open_array(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new memory-mapped ``.npy`` file (one line naming it when the disk cannot hold it)."""
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def array_checksum(path: Path) -> str:
+    """BLAKE2b of a file's bytes (an edited or damaged array no longer matches)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def build_topk_cache(
     teacher: torch.nn.Module,
@@ -137,11 +158,9 @@ def build_topk_cache(
     counts = {name: target_counts(ex) for name, ex in splits.items()}
     total = int(sum(c.sum() for c in counts.values()))
     create_run_dir(out, force=force, kind="llm-cache", subdirs=())  # checks it first
-    ids = np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.int32, shape=(total, k))
-    logp = np.lib.format.open_memmap(
-        out / "log_probs.npy", mode="w+", dtype=np.float16, shape=(total, k)
-    )
-    tail = np.lib.format.open_memmap(out / "tail.npy", mode="w+", dtype=np.float16, shape=(total,))
+    ids = _open_array(out / "ids.npy", np.int32, (total, k))
+    logp = _open_array(out / "log_probs.npy", np.float16, (total, k))
+    tail = _open_array(out / "tail.npy", np.float16, (total,))
     teacher.eval().to(device)
     offsets, row, metrics = {}, 0, {}
     for name, examples in splits.items():
@@ -171,12 +190,18 @@ def build_topk_cache(
             metrics[name] = acc.compute()
     if row != total:
         raise RuntimeError(f"the cache holds {row} tokens, {total} were expected")
-    for array in (ids, logp, tail):
-        array.flush()
+    for name, array in zip(ARRAYS, (ids, logp, tail), strict=True):
+        try:
+            array.flush()
+        except OSError as err:
+            raise OutputError(f"cannot write {out / name}: {err.strerror or err}") from None
+    del ids, logp, tail
     meta = {
         "format": FORMAT,
         "key": key,
         "k": k,
+        "vocab_size": vocab,
+        "checksums": {name: array_checksum(out / name) for name in ARRAYS},
         "tokens": total,
         "bytes_per_token": 6 * k + 2,
         "splits": {
@@ -222,6 +247,7 @@ class TopKCache:
             raise TeacherCacheError(
                 f"{self.path}: arrays do not match meta.json (k {k}, {n} tokens)"
             )
+        self._check_integrity()
         self._starts = {}
         for name, split in self.meta["splits"].items():
             counts = np.asarray(split["counts"], dtype=np.int64)
@@ -229,6 +255,67 @@ class TopKCache:
                 split["offset"] + np.concatenate([[0], np.cumsum(counts)[:-1]]),
                 counts,
             )
+
+    def _check_integrity(self) -> None:
+        """Refuse a cache whose files were edited or damaged: each array's checksum, every
+        split's offsets and counts within the arrays, ids unique per row and inside the
+        vocabulary, and probabilities (top k plus the tail) that sum to at most 1."""
+        sums = self.meta.get("checksums") or {}
+        for name in ARRAYS:
+            if sums.get(name) != array_checksum(self.path / name):
+                raise TeacherCacheError(
+                    f"{self.path / name}: its checksum does not match meta.json (the array was "
+                    "edited or damaged); rebuild the cache with bdkd llm-cache-teacher"
+                )
+        self._check_splits()
+        vocab = int(self.meta.get("vocab_size", 0))
+        for start in range(0, self.ids.shape[0], CHUNK):
+            ids = np.asarray(self.ids[start : start + CHUNK])
+            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+                raise TeacherCacheError(
+                    f"{self.path / 'ids.npy'}: token ids outside the vocabulary [0, {vocab})"
+                )
+            ordered = np.sort(ids, axis=1)
+            if ordered.shape[1] > 1 and (ordered[:, 1:] == ordered[:, :-1]).any():
+                raise TeacherCacheError(f"{self.path / 'ids.npy'}: token ids repeat within a row")
+            logp = np.asarray(self.log_probs[start : start + CHUNK], dtype=np.float64)
+            tail = np.asarray(self.tail[start : start + CHUNK], dtype=np.float64)
+            mass = np.exp(logp).sum(axis=1) + np.exp(tail)
+            if not np.isfinite(mass).all() or (mass > 1.0 + MASS_TOLERANCE).any():
+                raise TeacherCacheError(
+                    f"{self.path / 'log_probs.npy'}: a row's probabilities sum to more than 1 "
+                    "(or are not numbers); the cache was edited or damaged"
+                )
+
+    def _check_splits(self) -> None:
+        """Each split's offset and counts lie within the arrays, the splits do not overlap
+        and together cover every cached token."""
+        n, where = int(self.meta["tokens"]), self.path / "meta.json"
+        spans = []
+        for name, split in self.meta.get("splits", {}).items():
+            offset, counts = split.get("offset"), split.get("counts")
+            if not isinstance(offset, int) or not isinstance(counts, list):
+                raise TeacherCacheError(f"{where}: split {name!r} has no offset and counts")
+            if any(not isinstance(c, int) or c < 0 for c in counts):
+                raise TeacherCacheError(f"{where}: split {name!r} has a negative token count")
+            end = offset + sum(counts)
+            if offset < 0 or end > n:
+                raise TeacherCacheError(
+                    f"{where}: split {name!r} offset {offset} and counts reach token {end}, "
+                    f"outside the {n} cached tokens"
+                )
+            spans.append((offset, end, name))
+        spans.sort()
+        covered = 0
+        for offset, end, name in spans:
+            if offset != covered:
+                raise TeacherCacheError(
+                    f"{where}: split {name!r} starts at offset {offset}, token {covered} was "
+                    "expected (splits overlap or leave a gap)"
+                )
+            covered = end
+        if covered != n:
+            raise TeacherCacheError(f"{where}: the splits cover {covered} of {n} cached tokens")
 
     def check_key(self, expected_key: dict[str, Any]) -> None:
         """Refuse the cache, naming what differs, unless it was made from ``expected_key``."""

@@ -205,6 +205,29 @@ def lm_report(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def _read_examples(
+    data: list[str],
+    fmt: str,
+    tokenizer: Any,
+    fields: Fields,
+    max_length: int,
+    max_samples: int | None,
+) -> tuple[list[Example], int]:
+    """The tokenised examples of ``data`` (and how many texts were dropped)."""
+    try:
+        rows, kind = read_rows(data, fmt)
+        if max_samples:
+            rows = rows[:max_samples]
+        examples, dropped = tokenize_rows(
+            rows, kind, tokenizer, fields=fields, max_length=max_length
+        )
+    except LMDataError as err:
+        raise ValueError(f"--data: {err}") from None
+    if not examples:
+        raise ValueError(f"--data: no usable text in {data}")
+    return examples, dropped
+
+
 def evaluate_model(
     model: str,
     data: list[str],
@@ -221,7 +244,12 @@ def evaluate_model(
     force: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (and compare with ``teacher``) on ``data``; write ``out``."""
-    from bdkd.llm.models import check_same_vocabulary, describe_source, load_causal_lm
+    from bdkd.llm.models import (
+        check_same_vocabulary,
+        describe_source,
+        load_causal_lm,
+        max_positions,
+    )
 
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"--bins must be in [1, {MAX_BINS}], got {bins}")
@@ -238,17 +266,14 @@ def evaluate_model(
     net, tokenizer = load_causal_lm(model)
     if tokenizer is None:
         raise ValueError(f"{model}: no tokenizer found beside the model")
-    try:
-        rows, kind = read_rows(data, fmt)
-        if max_samples:
-            rows = rows[:max_samples]
-        examples, dropped = tokenize_rows(
-            rows, kind, tokenizer, fields=fields, max_length=max_length
+    examples, dropped = _read_examples(data, fmt, tokenizer, fields, max_length, max_samples)
+    longest = max(len(e.ids) for e in examples)
+    limit = max_positions(net)
+    if limit is not None and longest > limit:
+        raise ValueError(
+            f"--max-length {max_length}: the longest text has {longest} tokens, more than the "
+            f"{limit} positions of {model} (max_position_embeddings); set --max-length {limit}"
         )
-    except LMDataError as err:
-        raise ValueError(f"--data: {err}") from None
-    if not examples:
-        raise ValueError(f"--data: no usable text in {data}")
     ref = None
     if teacher:
         ref, _ = load_causal_lm(teacher, tokenizer=False)

@@ -148,6 +148,38 @@ def _check_student(hidden: Tensor, weight: Tensor, mask: Tensor | None, chunk_si
         )
 
 
+def _check_teacher(
+    hidden: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    chunk_size: int,
+    teacher_logits: Tensor | None,
+    teacher_hidden: Tensor | None,
+    teacher_weight: Tensor | None,
+) -> None:
+    """The student's inputs (:func:`_check_student`) and exactly one teacher of a fitting shape:
+    logits (..., V), or hidden states (..., H_t) with their head (V, H_t)."""
+    if (teacher_logits is None) == (teacher_hidden is None):
+        raise ValueError(
+            "give the teacher as teacher_logits or as teacher_hidden + teacher_weight, not both or neither"
+        )
+    if teacher_hidden is not None and teacher_weight is None:
+        raise ValueError("teacher_hidden needs teacher_weight (the teacher's LM head)")
+    _check_student(hidden, weight, mask, chunk_size)
+    lead = hidden.shape[:-1]
+    vocab = weight.shape[0]
+    if teacher_logits is not None and teacher_logits.shape != (*lead, vocab):
+        raise ValueError(
+            f"teacher_logits must have shape {(*lead, vocab)}, got {tuple(teacher_logits.shape)}"
+        )
+    if teacher_hidden is not None and (
+        teacher_hidden.shape[:-1] != lead or teacher_weight.shape[0] != vocab
+    ):
+        raise ValueError(
+            "teacher_hidden must match hidden's leading shape and teacher_weight the vocabulary"
+        )
+
+
 def fused_linear_divergence(
     hidden: Tensor,
     weight: Tensor,
@@ -187,25 +219,8 @@ def fused_linear_divergence(
     ``ce_weight``, is added in the same pass (reduced as the divergence, without T^2);
     ``stats`` then receives the two weighted parts (``divergence``, ``ce``).
     """
-    if (teacher_logits is None) == (teacher_hidden is None):
-        raise ValueError(
-            "give the teacher as teacher_logits or as teacher_hidden + teacher_weight, not both or neither"
-        )
-    if teacher_hidden is not None and teacher_weight is None:
-        raise ValueError("teacher_hidden needs teacher_weight (the teacher's LM head)")
-    _check_student(hidden, weight, mask, chunk_size)
-    lead = hidden.shape[:-1]
+    _check_teacher(hidden, weight, mask, chunk_size, teacher_logits, teacher_hidden, teacher_weight)
     vocab = weight.shape[0]
-    if teacher_logits is not None and teacher_logits.shape != (*lead, vocab):
-        raise ValueError(
-            f"teacher_logits must have shape {(*lead, vocab)}, got {tuple(teacher_logits.shape)}"
-        )
-    if teacher_hidden is not None and (
-        teacher_hidden.shape[:-1] != lead or teacher_weight.shape[0] != vocab
-    ):
-        raise ValueError(
-            "teacher_hidden must match hidden's leading shape and teacher_weight the vocabulary"
-        )
     fn, squared = token_rows(objective, **params)
     h = hidden.reshape(-1, hidden.shape[-1])
     t_logits = _flatten(teacher_logits, vocab)

@@ -153,6 +153,51 @@ class DistillTrainer(_base_trainer()):  # type: ignore[misc]
         super().log(logs, *args, **kwargs)
 
 
+def _trl_loss(
+    trainer: Any, model: nn.Module, inputs: dict[str, Tensor], num_items_in_batch: Any
+) -> Tensor:
+    """The bdkd objective over the completion tokens of a TRL batch (prompt and on-policy
+    completion), the student through its own (wrapped) forward; records the mean student
+    entropy for :meth:`log`."""
+    if model.training and inputs.get("num_items_in_batch") is not None:
+        # counted over the generated completions, per process (DDP averages)
+        count = inputs["num_items_in_batch"].clamp(min=1.0)
+        num_items_in_batch = count / trainer.accelerator.num_processes
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    mask = inputs["completion_mask"]
+    if "tool_mask" in inputs:
+        mask = mask * inputs["tool_mask"]
+    keep = inputs["completion_ids"].size(1)
+    s_hidden = _hidden_through_forward(model, input_ids, attention)[:, :-1][:, -keep:]
+    student = trainer.accelerator.unwrap_model(model)
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    teacher.eval()
+    t_decoder, _ = decoder_and_head(teacher)
+    with torch.no_grad():
+        t_hidden = t_decoder(
+            input_ids=input_ids, attention_mask=attention, use_cache=False
+        ).last_hidden_state[:, :-1][:, -keep:]
+    valid = mask.bool()
+    loss = distill_hidden(
+        student,
+        teacher,
+        s_hidden,
+        t_hidden,
+        valid,
+        objective=trainer.objective,
+        temperature=trainer.objective_temperature,
+        params=trainer.objective_params,
+        normalizer=None if num_items_in_batch is None else float(num_items_in_batch),
+    )
+    s_head = student.get_output_embeddings()
+    total = entropy_sum(s_hidden.detach(), s_head, valid, post=logit_postprocessing(student))
+    tokens = trainer.accelerator.gather_for_metrics(valid.sum().reshape(1)).sum()
+    total = trainer.accelerator.gather_for_metrics(total.reshape(1)).sum()
+    trainer._entropy.append(float(total / tokens) if tokens > 0 else 0.0)
+    return loss
+
+
 def trl_distillation_trainer() -> type:
     """A subclass of TRL's ``DistillationTrainer`` whose loss is a bdkd token objective.
 
@@ -160,12 +205,14 @@ def trl_distillation_trainer() -> type:
     (default ``"bdkd"``), ``objective_params`` and ``objective_temperature`` (default: the
     config's ``temperature``, which TRL uses for sampling and for its JSD). Generation
     (on-policy completions of the dataset's prompts), batching, logging, PEFT and
-    distributed training are TRL's.
+    distributed training are TRL's; only the public ``compute_loss`` hook is replaced: the
+    student runs through its own (wrapped) forward, so DDP and FSDP see it, and the mean
+    student entropy is logged as TRL logs it.
     """
     try:
         from trl import DistillationTrainer
     except ImportError:
-        raise ImportError("the TRL integration needs trl: pip install trl") from None
+        raise ImportError("the TRL integration needs trl: pip install 'bdkd[llm]'") from None
 
     class BdkdDistillationTrainer(DistillationTrainer):
         def __init__(
@@ -182,46 +229,23 @@ def trl_distillation_trainer() -> type:
             self.objective_temperature = (
                 self.temperature if objective_temperature is None else objective_temperature
             )
+            self._entropy: list[float] = []
 
-        def _compute_loss(
-            self, unwrapped_student: nn.Module, inputs: dict[str, Tensor], num_items_in_batch: Any
-        ) -> tuple[Tensor, Tensor, Tensor]:
-            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            mask = inputs["completion_mask"]
-            if "tool_mask" in inputs:
-                mask = mask * inputs["tool_mask"]
-            keep = inputs["completion_ids"].size(1)
-            s_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention, keep)
-            self.teacher_model.eval()
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            with torch.no_grad():
-                t_hidden = self._forward_redirection(
-                    self.teacher_model,
-                    teacher,
-                    self._get_last_hidden_state,
-                    teacher,
-                    input_ids,
-                    attention,
-                    keep,
-                )
-            valid = mask.bool()
-            n_valid = valid.sum()
-            normalizer = None if num_items_in_batch is None else float(num_items_in_batch)
-            loss = distill_hidden(
-                unwrapped_student,
-                teacher,
-                s_hidden,
-                t_hidden,
-                valid,
-                objective=self.objective,
-                temperature=self.objective_temperature,
-                params=self.objective_params,
-                normalizer=normalizer,
-            )
-            s_head = unwrapped_student.get_output_embeddings()
-            s_post = logit_postprocessing(unwrapped_student)
-            entropy = entropy_sum(s_hidden.detach(), s_head, valid, post=s_post)
-            return loss, entropy, n_valid
+        def compute_loss(
+            self,
+            model: nn.Module,
+            inputs: dict[str, Tensor],
+            return_outputs: bool = False,
+            num_items_in_batch: Tensor | int | None = None,
+        ) -> Tensor | tuple[Tensor, Any]:
+            loss = _trl_loss(self, model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            """Adds the mean student entropy (nats per token) since the last log."""
+            if self._entropy and "loss" in logs:
+                logs["entropy"] = sum(self._entropy) / len(self._entropy)
+                self._entropy = []
+            super().log(logs, *args, **kwargs)
 
     return BdkdDistillationTrainer

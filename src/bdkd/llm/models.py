@@ -115,13 +115,32 @@ def load_causal_lm(
     _offline()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-        tok = transformers.AutoTokenizer.from_pretrained(name) if tokenizer else None
     except OSError as err:
-        first = str(err).strip().splitlines()[0]
+        first = _first_line(err)
         where = "the local Hugging Face cache (nothing is downloaded)" if kind == "hub" else name
-        raise FileNotFoundError(f"cannot load {name!r} from {where}: {first}") from None
+        raise FileNotFoundError(f"cannot load {name!r} from {where}: {first}") from err
+    except Exception as err:  # a payload pickle, a damaged weights or config file, ...
+        raise ValueError(
+            f"cannot load the model {name!r}: its files are not a usable model "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from err
+    tok = load_tokenizer(name) if tokenizer else None
     model.eval()
     return model, tok
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(err).__name__)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence a causal LM's positions cover (``max_position_embeddings``)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def load_tokenizer(name: str) -> Any:
@@ -136,8 +155,14 @@ def load_tokenizer(name: str) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(name)
     except OSError as err:
-        first = str(err).strip().splitlines()[0]
-        raise FileNotFoundError(f"cannot load the tokenizer of {name!r}: {first}") from None
+        raise FileNotFoundError(
+            f"cannot load the tokenizer of {name!r}: {_first_line(err)}"
+        ) from err
+    except Exception as err:  # a malformed tokenizer.json, ...
+        raise ValueError(
+            f"cannot load the tokenizer of {name!r}: its tokenizer files are damaged "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from err
 
 
 def check_same_vocabulary(
@@ -262,14 +287,19 @@ def save_student(
     saved merged (a plain model), its adapter alone beside it in ``path``-adapter.
     ``state_dict`` (the whole state, gathered from FSDP shards) replaces the model's own."""
     path = Path(path)
-    if is_lora(model):
-        if state_dict is not None:
-            raise ValueError("a LoRA student is saved from its own (unsharded) parameters")
-        model.save_pretrained(str(path.with_name(path.name + "-adapter")))
-        import copy
+    try:
+        if is_lora(model):
+            if state_dict is not None:
+                raise ValueError("a LoRA student is saved from its own (unsharded) parameters")
+            model.save_pretrained(str(path.with_name(path.name + "-adapter")))
+            import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(path))
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(path))
+    except OSError as err:
+        from bdkd.files import OutputError
+
+        raise OutputError(f"cannot write {path}: {err.strerror or _first_line(err)}") from err
     return path

@@ -34,6 +34,8 @@ from bdkd.llm.build import (
     build_data,
     build_models,
     cache_warning,
+    check_positions,
+    longest_text,
     open_teacher_cache,
     pad_id,
 )
@@ -122,6 +124,7 @@ def cache_teacher(
     device = resolve_device(cfg.train.device)
     teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
     train, val, test, _ = build_data(cfg, tokenizer)
+    check_positions({"teacher": teacher}, longest_text(train + val + test))
     splits = {"train": train, "val": val, "test": test}
     key = cache_key(cfg.teacher.model, tokenizer, splits, k, cfg.data.max_length)
     return build_topk_cache(

@@ -36,6 +36,7 @@ from bdkd.llm.build import (
     build_data,
     build_models,
     cache_warning,
+    check_built_positions,
     open_teacher_cache,
     pad_id,
 )
@@ -92,6 +93,7 @@ class LLMTrainer:
         self.built = Built(
             teacher, student, tokenizer, train, val, test, dropped, pad_id(tokenizer)
         )
+        check_built_positions(cfg, self.built)
         self.cache = open_teacher_cache(cfg, self.built)
         t = cfg.objective
         self.distiller = CausalLMDistiller(

@@ -4,6 +4,9 @@ Each returns the distillation term only, averaged over rows; the caller adds cro
 Importing this package registers every offline objective (see :mod:`.registry`).
 """
 
+import importlib
+import pkgutil
+
 from bdkd.losses import divergence  # noqa: F401  (first: the token objectives' order)
 from bdkd.losses.abkd import abkd_loss
 from bdkd.losses.bdd import bdd_loss
@@ -50,3 +53,12 @@ __all__ = [
     "uskd_terms",
     "zipf_non_target",
 ]
+
+
+def _register_every_module() -> None:
+    """Import every module of this package, so that a new file registers itself."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_every_module()

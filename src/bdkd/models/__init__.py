@@ -4,24 +4,18 @@
 (see :mod:`bdkd.models.base`).
 """
 
-from bdkd.models import (  # noqa: F401  (register the models)
-    mobilenetv2,
-    resnet,
-    segmentation,
-    shufflenet,
-    small,
-    vgg,
-    wrn,
-)
+import importlib
+import pkgutil
+
 from bdkd.models.base import (
     MODELS,
     ZooModel,
     available_models,
     count_parameters,
-    create_model,
     model_input_size,
     register_model,
 )
+from bdkd.models.create import create_model
 
 __all__ = [
     "MODELS",
@@ -32,3 +26,12 @@ __all__ = [
     "model_input_size",
     "register_model",
 ]
+
+
+def _register_every_module() -> None:
+    """Import every module of this package, so that a new file registers itself."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_every_module()

@@ -55,11 +55,10 @@ def register_model(
     """Register a factory ``fn(num_classes, **kwargs) -> nn.Module`` under ``name``.
 
     ``input_size`` is the image side the model is built for (32 for the CIFAR zoo, 28 for
-    the Fashion-MNIST/MNIST CNNs, 8 for the digits MLP). ``task`` is ``classification``
-    (logits (N, C) and ``forward_with_features``) or ``segmentation`` (logits (N, C, H, W)).
+    the Fashion-MNIST/MNIST CNNs, 8 for the digits MLP). ``task`` names the task its logits
+    serve (:mod:`bdkd.engine.tasks`): ``classification`` (logits (N, C) and
+    ``forward_with_features``) or ``segmentation`` (logits (N, C, H, W)).
     """
-    if task not in ("classification", "segmentation"):
-        raise ValueError(f"task must be classification or segmentation, got {task!r}")
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in MODELS:
@@ -85,34 +84,6 @@ def model_input_size(name: str) -> int | None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
-    """Build the model registered as ``name`` for ``num_classes`` classes.
-
-    ``timm:<name>`` and ``torchvision:<name>`` build models of those packages when they are
-    installed (``pip install bdkd[timm]`` / ``bdkd[torchvision]``); they are wrapped so that
-    ``forward_with_features`` works too. ``package.module:factory`` builds any ``nn.Module``
-    of the user's own (see :mod:`bdkd.models.imported`).
-    """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    from bdkd.models.imported import create_imported, is_import_path
-
-    if is_import_path(name):
-        return create_imported(name, num_classes, **kwargs)
-    if name.startswith("timm:") or name.startswith("torchvision:"):
-        from bdkd.models.external import create_external
-
-        return create_external(name, num_classes, **kwargs)
-    try:
-        entry = MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; available: {available_models()} "
-            "(or timm:<name>, torchvision:<name>, package.module:factory)"
-        ) from None
-    return entry.factory(num_classes=num_classes, **kwargs)
 
 
 def init_weights(model: nn.Module) -> None:

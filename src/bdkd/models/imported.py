@@ -1,11 +1,11 @@
 """Users' own models: ``package.module:factory`` import paths, features by forward hooks.
 
 ``create_imported("mypkg.nets:build_resnet", num_classes, **kwargs)`` imports ``mypkg.nets``
-(from the working directory or ``PYTHONPATH``), calls ``build_resnet(**kwargs)`` (adding
-``num_classes`` when the factory takes it) and returns the module, which must map images to
-logits. Importing a module runs its code: a config that names an import path is trusted like
-a script; modules of Python's standard library are refused, so a config cannot call
-``subprocess:run`` or ``os:system``.
+(from ``PYTHONPATH`` or an installed package, never implicitly from the working directory),
+calls ``build_resnet(**kwargs)`` (adding ``num_classes`` when the factory takes it) and returns
+the module, which must map images to logits. Importing a module runs its code: a config the
+user gives is trusted like a script, and one read back from a run directory or checkpoint is
+refused before this point unless the user passes ``--trust-code`` (:mod:`bdkd.plugins`).
 
 :func:`attach_feature_layer` gives any network the ``forward_with_features`` that USKD
 needs: the output of a named layer (global-average pooled when it is (N, C, H, W)) captured
@@ -36,10 +36,12 @@ def create_imported(path: str, num_classes: int, **kwargs: object) -> nn.Module:
         kwargs = {**kwargs, "num_classes": num_classes}
     try:
         model = factory(**kwargs)
-    except TypeError as err:
+    except Exception as err:  # the user's own code: any exception is one line
+        first = (str(err).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"model {path!r}: calling it with {sorted(kwargs)} failed ({err})"
-        ) from None
+            f"model {path!r}: calling it with {sorted(kwargs)} failed ({type(err).__name__}: "
+            f"{first}); BDKD_TRACEBACK=1 shows where"
+        ) from err
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {path!r} returned {type(model).__name__}, not a torch nn.Module")
     return model

@@ -100,12 +100,14 @@ def _short(items: list[str], limit: int = 8) -> str:
 
 
 def load_into(
-    model: nn.Module, state: Mapping[str, Tensor], where: str, *, strict: bool = True
+    model: nn.Module, state: Mapping[str, Tensor], where: str, *, strict: bool | str = True
 ) -> list[str]:
     """Load ``state`` into ``model``; a mismatch is one message listing the missing and
     unexpected keys and the shape differences. With ``strict=False`` (a pre-trained backbone
     under a new head) missing and unexpected keys are allowed and returned as notes, shape
-    differences are still errors."""
+    differences are still errors, and at least one key must load (a file that matches none
+    would leave the network as it was, e.g. a random frozen teacher): ``strict="none-ok"``
+    accepts even that."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -114,7 +116,13 @@ def load_into(
         for k in set(own) & set(state)
         if tuple(state[k].shape) != tuple(own[k].shape)
     )
-    if not strict and not shapes:
+    if strict is not True and not set(own) & set(state) and strict != "none-ok":
+        raise WeightsError(
+            f"{where} matches none of the network's keys (file: {_short(sorted(state), 3)}; "
+            f"network: {_short(sorted(own), 3)}), so nothing would load; strip or rename a "
+            "prefix (weights_prefix / weights_map), or set weights_strict: none-ok to accept it"
+        )
+    if strict is not True and not shapes:
         with torch.no_grad():
             model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         notes = []
@@ -150,7 +158,7 @@ def load_weights(
     *,
     strip_prefix: str | None = None,
     rename: Mapping[str, str] | None = None,
-    strict: bool = True,
+    strict: bool | str = True,
 ) -> list[str]:
     """Read ``path`` (see :func:`read_state_dict`), map its keys and load it into ``model``;
     returns the notes of a non-strict load (keys left as they were, keys not used)."""
