@@ -403,3 +403,31 @@ def test_llm_config_errors(tmp_path, capsys, tiny_llm_config):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_llm_distill_follows_the_image_sides_schedules_in_steps(tmp_path, tiny_llm_config):
+    """schedule: as for train, counted in optimizer steps: a linear warm-up then cosine; the
+    learning rate of every step is recorded and is lr_factor's."""
+    from types import SimpleNamespace
+
+    from bdkd.cli import main
+    from bdkd.engine.build import lr_factor
+
+    run = tmp_path / "r"
+    args = [
+        "llm-distill",
+        str(tiny_llm_config),
+        "train.eval_every=1",
+        "train.on_policy_fraction=0",
+        "schedule={name: cosine, warmup_steps: 2, min_lr: 0.0001}",
+        "output.save_student=false",
+        "--out",
+        str(run),
+    ]
+    assert main(args) == 0
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    sc = SimpleNamespace(name="cosine", warmup=2, min_lr=0.0001, milestones=[], power=0.9)
+    expected = [0.003 * lr_factor(step, sc, 4, 0.003) for step in range(4)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lrs[0] == pytest.approx(0.0015) and lrs[1] == pytest.approx(0.003) and lrs[3] < lrs[2]
+    assert main([*args[:5], "schedule={name: sideways}", "--out", str(tmp_path / "x")]) == 2

@@ -163,6 +163,8 @@ class EvalConfig:
     bins: int = spec(15, ge=1, le=MAX_BINS)
     temperature_scaling: bool = True
     val_every: int = spec(1, ge=1)
+    target_risk: float = spec(0.05, gt=0, lt=1)
+    conformal_alpha: float = spec(0.1, gt=0, lt=1)
 
 
 @dataclass

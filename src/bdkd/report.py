@@ -206,6 +206,7 @@ def write_run_report(
     unit: str = "test",
     note: str = "",
     sections: Callable[[Mapping[str, Mapping[str, Any]]], list[str]] | None = None,
+    curves: Mapping[str, Any] | None = None,
 ) -> None:
     """report.md (the results table in the columns ``keys``, then the task's ``sections``
     of the labelled rows) and reliability.png (every network side by side). ``panels`` maps
@@ -232,10 +233,83 @@ def write_run_report(
     if sections is not None:
         lines += sections(rows)
     lines += [f"![reliability diagram]({figure.name})", ""]
+    lines += trust_lines(summary, rows)
+    if curves:
+        risk = risk_coverage_figure(
+            {f"{n} ({summary['models'][n]})": c for n, c in curves.items()},
+            run_dir / "risk_coverage.png",
+            title=f"{summary['method']} on {summary['dataset']} ({unit})",
+        )
+        lines += [f"![risk-coverage curves]({risk.name})", ""]
     write_text(run_dir / "report.md", "\n".join(lines))
 
 
+def trust_lines(summary: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's section on abstention, conformal sets and the temperature's reliability."""
+    have = {label: m for label, m in rows.items() if "aurc" in m}
+    if not have:
+        return []
+    first = next(iter(have.values()))
+    risk, alpha = first["target_risk"], first["conformal_alpha"]
+    lines = [
+        "## Abstention and prediction sets",
+        "",
+        f"Thresholds fitted on the validation split, measured on test. Abstain below the "
+        f"confidence threshold chosen for selective risk ≤ {100 * risk:g} %; conformal sets "
+        f"at {100 * (1 - alpha):g} % coverage (LAC, APS).",
+        "",
+        "| network | AURC | E-AURC | threshold | coverage % | risk % | LAC size | LAC cover % "
+        "| APS size | APS cover % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    for label, m in have.items():
+        lines.append(
+            f"| {label} | {m['aurc']:.4f} | {m['e_aurc']:.4f} | {m['abstain_threshold']:.4f} "
+            f"| {pct(m['abstain_coverage'])} | {pct(m['abstain_risk'])} | {m['lac_size']:.2f} "
+            f"| {pct(m['lac_coverage'])} | {m['aps_size']:.2f} | {pct(m['aps_coverage'])} |"
+        )
+    notes = [
+        f"- {label}: {m['temperature_note']}"
+        for label, m in have.items()
+        if m.get("temperature_note")
+    ]
+    if notes:
+        lines += ["", "**The fitted temperature is not to be trusted for:**", "", *notes]
+    return [*lines, ""]
+
+
+def risk_coverage_figure(
+    curves: Mapping[str, cal.RiskCoverage], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Selective risk against coverage, one line per model (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.8))
+    for name, curve in curves.items():
+        ax.plot(curve.coverage, 100 * curve.risk, label=name, linewidth=1.2)
+    ax.set(xlabel="coverage (fraction answered)", ylabel="selective risk %", xlim=(0, 1))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 MAX_SUMMARY_BYTES = 64 << 20
+NUMERIC_RESULTS = {c[0] for c in COLUMNS} | {"temperature", "aurc", "e_aurc", "abstain_threshold"}
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -274,8 +348,13 @@ def _summary_problem(summary: Any) -> str | None:
         if not isinstance(metrics, dict):
             return f"the results of {name!r} are not a mapping"
         for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, list, type(None))):
+            numeric = key in NUMERIC_RESULTS
+            if numeric and (
+                isinstance(value, bool) or not isinstance(value, (int, float, type(None)))
+            ):
                 return f"results.{name}.{key} is {value!r}, not a number"
+            if not isinstance(value, (int, float, str, list, type(None))):
+                return f"results.{name}.{key} is {value!r}, not plain data"
     if not isinstance(summary.get("bins", 15), int) or isinstance(summary.get("bins"), bool):
         return f"'bins' is {summary.get('bins')!r}, not a count"
     return None

@@ -11,11 +11,13 @@ from torch import Tensor
 from bdkd.calibration.metrics import ArrayLike, check_labels, check_scores
 
 __all__ = [
+    "MIN_ERRORS",
     "MAX_TEMPERATURE",
     "MIN_TEMPERATURE",
     "apply_temperature",
     "fit_temperature",
     "split_for_fitting",
+    "temperature_note",
 ]
 
 
@@ -83,3 +85,28 @@ def split_for_fitting(
         raise ValueError(f"{n} samples cannot be split with a fitting fraction of {fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return z[order[:cut]], y[order[:cut]], z[order[cut:]], y[order[cut:]]
+
+
+MIN_ERRORS = 10
+"""A temperature fitted on fewer misclassified validation samples than this is not
+determined by the data: with almost no errors the NLL keeps falling as T shrinks."""
+
+
+def temperature_note(logits: ArrayLike, labels: ArrayLike, temperature: float) -> str | None:
+    """Why a temperature fitted on ``logits``/``labels`` should not be trusted (too few
+    errors to determine it, or fitted at the bound of its range), or None."""
+    z = check_scores(logits, "logits")
+    y = check_labels(labels, z.shape[0], z.shape[1])
+    errors = int((z.argmax(1) != y).sum())
+    notes = []
+    if errors < MIN_ERRORS:
+        notes.append(
+            f"the validation split has {errors} misclassified sample(s) of {z.shape[0]}, fewer "
+            f"than {MIN_ERRORS}: too few to determine a temperature"
+        )
+    if temperature <= MIN_TEMPERATURE * 1.05 or temperature >= MAX_TEMPERATURE / 1.05:
+        notes.append(
+            f"T = {temperature:.4g} lies at the bound of the fit's range "
+            f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
+        )
+    return "; ".join(notes) or None

@@ -46,11 +46,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shift(args: argparse.Namespace) -> int:
+    """`bdkd eval RUN --shift`: the corruption suite (or a shifted folder) on the run's
+    deployed network or on an exported file."""
+    from bdkd.deploy.formats import detect_format, load_exported, read_metadata
+    from bdkd.deploy.run import load_run
+    from bdkd.deploy.shift import check_suite, shift_report, shift_suite
+    from bdkd.files import check_new_file
+    from bdkd.report import markdown_table
+
+    corruptions = args.corruptions.split(",") if args.corruptions else None
+    severities = [int(s) for s in args.severities.split(",")] if args.severities else None
+    check_suite(corruptions, severities)
+    folder = None if args.shift == "suite" else Path(args.shift)
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"--shift {folder}: give 'suite' or a folder of <class>/<image> files")
+    run = Path(args.target)
+    stem = "shift" if args.file is None else f"shift-{Path(args.file).stem}"
+    out = Path(args.out) if args.out else run / "shift" / stem
+    for suffix in (".json", ".md"):
+        check_new_file(out.with_suffix(suffix), force=args.force, what="--out")
+    dep = load_run(run, args.network[0] if args.network else None, trust_code=args.trust_code)
+    runner, meta, title = None, {}, f"{dep.name} of {run}"
+    if args.file:
+        fmt = detect_format(Path(args.file))
+        meta = read_metadata(Path(args.file), fmt)
+        runner = load_exported(Path(args.file), fmt, dep.network)
+        if runner is None:
+            raise ImportError("reading an ONNX file needs onnxruntime: pip install 'bdkd[onnx]'")
+        title = f"{args.file}" + (" (int8)" if meta.get("quantized") else "")
+    result = shift_suite(
+        dep,
+        runner,
+        probabilities=meta.get("output") == "probabilities",
+        raw_input=str(meta.get("input", "")).startswith("uint8"),
+        corruptions=corruptions,
+        severities=severities,
+        folder=folder,
+    )
+    written = shift_report(result, out, title)
+    rows = {"clean test": result["clean"]}
+    rows.update(
+        {"suite mean": result["mean"]} if "mean" in result else {"shifted": result["shifted"]}
+    )
+    print(markdown_table(rows, first="images", keys=("accuracy", "ece", "nll", "brier")))
+    print(f"written to {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from bdkd.engine.evaluate import checkpoint_deployed, evaluate_checkpoint
     from bdkd.files import check_new_file
     from bdkd.report import markdown_table, save_logits_file
 
+    if args.shift is not None:
+        return cmd_shift(args)
+    if args.file or args.corruptions or args.severities:
+        raise ValueError("--file, --corruptions and --severities go with --shift")
     check_bins(args.bins)
     out = None
     if args.save_logits:
@@ -109,7 +161,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--save-logits", help="write logits and labels to this .npz (for bdkd calibrate)"
     )
-    ev.add_argument("--force", action="store_true", help="overwrite --save-logits")
+    ev.add_argument(
+        "--shift",
+        nargs="?",
+        const="suite",
+        metavar="suite|DIR",
+        help="calibration under shift: the corruption suite on the test split (8 corruptions, "
+        "5 severities), or a folder DIR/<class>/* of your own shifted images",
+    )
+    ev.add_argument("--corruptions", help="with --shift: a comma-separated subset")
+    ev.add_argument("--severities", help="with --shift: a comma-separated subset of 1-5")
+    ev.add_argument("--file", help="with --shift: measure this exported file (onnx, int8 too)")
+    ev.add_argument("--out", help="with --shift: the output stem (default RUN/shift/shift)")
+    ev.add_argument("--force", action="store_true", help="overwrite --save-logits / --out")
     add_trust_flag(ev)
     ev.set_defaults(func=cmd_eval)
 

@@ -76,7 +76,9 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _stack(paths: list[Path], size: int, mode: str = "RGB") -> Tensor:
+def stack_images(paths: list[Path], size: int, mode: str = "RGB") -> Tensor:
+    """The images at ``paths`` as uint8 (N, C, size, size): resized (shorter side) and
+    centre-cropped where they are not that size; ``mode`` RGB (3 channels) or L (1)."""
     channels = 1 if mode == "L" else 3
     out = torch.empty(len(paths), channels, size, size, dtype=torch.uint8)
     for i, p in enumerate(paths):
@@ -124,8 +126,8 @@ def load_tinyimagenet(root: Path | None = None) -> tuple[ArraySplit, ArraySplit,
             raise DataError(f"{annotations}:{line_no}: class {fields[1]!r} is not in wnids.txt")
         test_paths.append(root / "val" / "images" / fields[0])
         test_labels.append(index[fields[1]])
-    train = ArraySplit(_stack(train_paths, 64), torch.tensor(train_labels))
-    test = ArraySplit(_stack(test_paths, 64), torch.tensor(test_labels))
+    train = ArraySplit(stack_images(train_paths, 64), torch.tensor(train_labels))
+    test = ArraySplit(stack_images(test_paths, 64), torch.tensor(test_labels))
     info = DatasetInfo(
         "tinyimagenet",
         len(wnids),
@@ -298,14 +300,14 @@ def load_image_folder(
     splits: dict[str, ArraySplit | ImageFolderSplit] = {}
     for name, (paths, labels) in parts.items():
         if in_memory:
-            splits[name] = ArraySplit(_stack(paths, image_size, mode), torch.tensor(labels))
+            splits[name] = ArraySplit(stack_images(paths, image_size, mode), torch.tensor(labels))
         else:
             splits[name] = ImageFolderSplit(paths, labels, image_size, image_size, mode)
     train = splits["train"]
     if in_memory:
         mean, std = _channel_stats(train.images)
     else:
-        sample = _stack(train_paths[:2000], image_size, mode)
+        sample = stack_images(train_paths[:2000], image_size, mode)
         mean, std = _channel_stats(sample)
     info = DatasetInfo(
         "image_folder",

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ __all__ = [
     "FORMATS",
     "GRAPH_FORMATS",
     "Deployed",
+    "detect_format",
     "fold_temperature",
     "load_exported",
+    "read_metadata",
     "write_graph",
     "write_weights",
 ]
@@ -70,7 +73,7 @@ class Deployed(nn.Module):
         z = self.network(x)
         if self.temperature is not None:
             z = z / self.temperature
-        return torch.softmax(z, dim=-1) if self.probabilities else z
+        return torch.softmax(z, dim=1) if self.probabilities else z  # the class axis
 
 
 def fold_temperature(network: nn.Module, temperature: float) -> nn.Module:
@@ -92,10 +95,16 @@ def fold_temperature(network: nn.Module, temperature: float) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence the exporters' progress text and deprecation warnings."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """Silence the exporters' progress text, log lines and deprecation warnings (their
+    errors still raise)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def write_graph(module: nn.Module, example: Tensor, fmt: str, tmp: Path, meta: dict) -> None:
@@ -178,3 +187,46 @@ def load_exported(path: Path, fmt: str, rebuild: nn.Module | None = None) -> Any
     net.load_state_dict(state)
     net.eval()
     return lambda x: net(x)
+
+
+def detect_format(path: Path) -> str:
+    """The export format of a file, by its suffix (``.pt``: TorchScript when it is one,
+    else a state dict)."""
+    path = Path(path)
+    by_suffix = {".onnx": "onnx", ".pt2": "exported_program", ".safetensors": "safetensors"}
+    if path.suffix in by_suffix:
+        return by_suffix[path.suffix]
+    if path.suffix in (".pt", ".pth"):
+        import zipfile
+
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
+                    return "torchscript"
+        return "state_dict"
+    raise ValueError(f"{path}: not an exported file bdkd reads ({list(FORMATS.values())})")
+
+
+def read_metadata(path: Path, fmt: str) -> dict[str, Any]:
+    """The ``bdkd.*`` metadata an exported file carries (what a device reads)."""
+    path = Path(path)
+    if fmt == "onnx":
+        import onnx
+
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+        return {p.key[5:]: json.loads(p.value) for p in props if p.key.startswith("bdkd.")}
+    if fmt in ("torchscript", "exported_program"):
+        files = {"bdkd.json": ""}
+        with _quiet():
+            if fmt == "torchscript":
+                torch.jit.load(str(path), _extra_files=files)
+            else:
+                torch.export.load(str(path), extra_files=files)
+        return json.loads(files["bdkd.json"] or "{}")
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return {k[5:]: json.loads(v) for k, v in meta.items() if k.startswith("bdkd.")}
+    return dict(safe_torch_load(path).get("bdkd", {}))

@@ -475,6 +475,11 @@ class Trainer:
         from bdkd import report
 
         results, predictions, panels = self.task.test_phase(self)
+        e = self.cfg.eval
+        curves, notes = tasks.trust_of(results, predictions, e.target_risk, e.conformal_alpha)
+        for name, note in notes.items():
+            if self.is_main:
+                print(f"warning: {name}'s fitted temperature: {note}", file=sys.stderr)
         metrics_path = self.life.metrics_path
         history = (
             [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -511,6 +516,7 @@ class Trainer:
                 unit=self.task.unit,
                 note=self.task.sample_note,
                 sections=self.task.report_sections,
+                curves=curves,
             )
         self.life.finish(summary)
         return summary

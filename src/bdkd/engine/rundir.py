@@ -35,6 +35,7 @@ OWNED_ENTRIES = (
     "summary.json",
     "report.md",
     "reliability.png",
+    "risk_coverage.png",
     # an LLM teacher cache (bdkd llm-cache-teacher)
     "meta.json",
     "ids.npy",
@@ -65,6 +66,8 @@ OWNED_DIRECTORIES: dict[str, tuple[str, ...]] = {
         "merges.txt",
     ),
     "student-adapter": ("adapter_config.json", "adapter_model.safetensors", "README.md"),
+    # bdkd eval RUN --shift
+    "shift": ("shift*.json", "shift*.md", "shift*.png", ".shift*"),
 }
 """Directories bdkd writes inside a run directory, with the names of the files it writes
 there: ``--force`` removes only those (and the directory when nothing else is left)."""

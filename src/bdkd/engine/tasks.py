@@ -38,6 +38,7 @@ __all__ = [
     "TestResults",
     "for_dataset",
     "register_task",
+    "trust_of",
 ]
 
 TestResults = tuple[dict[str, dict[str, Any]], dict[str, tuple], dict[str, Any]]
@@ -66,6 +67,7 @@ class Task(Protocol):
     unit: str
     sample_note: str
     supports_logit_cache: bool
+    supports_shift: bool
 
     def augment(self, data: DataConfig) -> Augment | SegAugment: ...
 
@@ -177,6 +179,7 @@ class ClassificationTask:
     unit = "test"
     sample_note = ""
     supports_logit_cache = True
+    supports_shift = True
 
     def __init__(self, info: DatasetInfo) -> None:
         self.info = info
@@ -260,6 +263,9 @@ class SegmentationTask:
     unit = "test pixels"
     sample_note = "every valid test pixel is a sample; "
     supports_logit_cache = False
+    supports_shift = False
+    """The shift suite moves and blurs images and keeps their labels: label maps would have
+    to move with them."""
 
     SAMPLE_PIXELS = 200_000
     """The temperature is fitted on a uniform sample of about this many validation pixels,
@@ -333,6 +339,31 @@ class SegmentationTask:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         return lines
+
+
+def trust_of(
+    results: dict[str, dict[str, Any]],
+    predictions: Mapping[str, tuple],
+    target_risk: float,
+    alpha: float,
+) -> tuple[dict[str, cal.RiskCoverage], dict[str, str]]:
+    """Add to each network's ``results`` its selective prediction and conformal sets (fitted
+    on the validation predictions, measured on the test ones: every image, or a pixel sample)
+    and whether its fitted temperature can be trusted. Returns each network's risk–coverage
+    curve on test and the notes on temperatures not to be trusted."""
+    curves, notes = {}, {}
+    for name, (z, y, val_z, val_y) in predictions.items():
+        m = results[name]
+        curves[name] = cal.risk_coverage(torch.softmax(z.double(), 1), y)
+        if val_z is None:
+            continue
+        m.update(cal.trust_metrics(val_z, val_y, z, y, target_risk=target_risk, alpha=alpha))
+        if "temperature" in m:
+            note = cal.temperature_note(val_z, val_y, m["temperature"])
+            m["temperature_reliable"], m["temperature_note"] = note is None, note
+            if note:
+                notes[name] = note
+    return curves, notes
 
 
 TASKS: dict[str, Callable[[DatasetInfo], Task]] = {}
