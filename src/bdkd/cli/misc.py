@@ -20,18 +20,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
         force=args.force,
         overrides=args.overrides,
         workers=args.workers,
+        dataset=args.dataset,
     )
     return 0
 
 
+def _first_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0].rstrip(".").replace("``", "") if doc else ""
+
+
+def _settings(hparams: dict) -> str:
+    shown = [
+        f"{name}={'(required)' if hp.required else repr(hp.default)}"
+        for name, hp in hparams.items()
+        if name not in ("deployed", "order", "layout", "objective_kwargs")
+    ]
+    return ", ".join(shown)
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from bdkd.data import available_datasets
-    from bdkd.distillers import available_methods
+    from bdkd.distillers import DISTILLERS, available_methods, method_hparams
+    from bdkd.losses import TOKEN_OBJECTIVES, get_objective
     from bdkd.models import available_models
 
-    print("methods: " + ", ".join(available_methods()))
+    print("methods (bdkd train, method.name), with their defaults:")
+    for name in available_methods():
+        source = DISTILLERS[name] if name in DISTILLERS else get_objective(name).fn
+        print(f"  {name:<13} {_first_line(source)}")
+        print(f"  {'':<13} {_settings(method_hparams(name))}")
+    print("\ntoken objectives (bdkd llm-distill, objective.name), with their params:")
+    for token, entry in TOKEN_OBJECTIVES.items():
+        params = {k: v for k, v in entry.hparams.items() if k != "temperature"}
+        print(f"  {token:<16} {_first_line(entry.fn)}; {_settings(params) or 'no params'}")
     print(
-        "models: "
+        "\nmodels: "
         + ", ".join(available_models())
         + ", timm:<name>, torchvision:<name>, package.module:factory"
     )
@@ -60,7 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--divergences", action="store_true", help="only print a table of divergences"
     )
     demo.add_argument("--workers", type=int, help="runs trained at a time (default: 2 or cores)")
+    demo.add_argument(
+        "--dataset",
+        choices=("fashion_mnist", "digits"),
+        default="fashion_mnist",
+        help="digits: the quick version (configs/digits, about a minute)",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    methods = sub.add_parser("methods", help="list the methods, models and datasets")
+    methods = sub.add_parser(
+        "methods", help="list the methods (and their defaults), token objectives, models, datasets"
+    )
     methods.set_defaults(func=cmd_methods)

@@ -66,7 +66,12 @@ def cmd_shift(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "shift" / stem
     for suffix in (".json", ".md"):
         check_new_file(out.with_suffix(suffix), force=args.force, what="--out")
-    dep = load_run(run, args.network[0] if args.network else None, trust_code=args.trust_code)
+    dep = load_run(
+        run,
+        args.network[0] if args.network else None,
+        trust_code=args.trust_code,
+        checkpoint=args.checkpoint,
+    )
     runner, meta, title = None, {}, f"{dep.name} of {run}"
     if args.file:
         fmt = detect_format(Path(args.file))
@@ -119,6 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         bins=args.bins,
         trust_code=args.trust_code,
+        checkpoint=args.checkpoint,
     )
     print(f"{args.target}: {args.split} split, {labels.shape[0]} samples, {args.bins} bins")
     print(markdown_table(results))
@@ -157,6 +163,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--root", help="the dataset's directory")
     ev.add_argument("--network", action="append", help="only this network (repeatable)")
     ev.add_argument("--device", default="auto")
+    ev.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="a run directory's last checkpoint, or the best one train.save_best kept",
+    )
     ev.add_argument("--bins", type=int, default=15)
     ev.add_argument(
         "--save-logits", help="write logits and labels to this .npz (for bdkd calibrate)"

@@ -245,6 +245,21 @@ def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def detect_channels(path: Path) -> int:
+    """1 for a grey image (its mode), else 3: an image folder's channels when
+    ``data.channels`` does not say."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return 1 if img.mode in GREY_MODES else 3
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
 @register_dataset("image_folder", how_to_get=FOLDER_HOW)
 def load_image_folder(
     root: Path | None = None,
@@ -258,7 +273,7 @@ def load_image_folder(
     Images are resized to ``image_size`` (default: the side of the first training image when
     it is square) and held in memory as uint8 when all splits need at most
     ``memory_limit_mb``; beyond, they are decoded batch by batch (streamed). ``channels``: 3
-    (RGB, the default) or 1 (grey). Normalisation statistics are measured on the training
+    (RGB) or 1 (grey); by default the first training image's (grey modes give 1). Normalisation statistics are measured on the training
     images (all of them in memory; the first 2,000 when streamed).
     """
     if root is None:
@@ -285,6 +300,8 @@ def load_image_folder(
         paths, labels, _ = scan_image_folder(folder, present)
         index = {c: i for i, c in enumerate(classes)}
         parts[name] = (paths, [index[present[j]] for j in labels])
+    if channels is None:
+        channels = detect_channels(train_paths[0])
     mode = "L" if channels == 1 else "RGB"
     if image_size is None:
         first = read_image(train_paths[0], mode=mode)

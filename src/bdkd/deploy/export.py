@@ -323,8 +323,10 @@ def export_run(
     alpha: float = 0.1,
     calibration_samples: int = 512,
     force_temperature: bool = False,
+    checkpoint: str = "last",
 ) -> dict[str, Any]:
-    """Export ``network`` (default: the run's deployed one) of run directory ``run``; returns
+    """Export ``network`` (default: the run's deployed one) of run directory ``run``, from
+    its last checkpoint or (``checkpoint="best"``) the one ``train.save_best`` kept; returns
     the record added to the run's ``summary.json``."""
     opts = ExportOptions(
         fmt,
@@ -341,14 +343,17 @@ def export_run(
     if out.suffix != FORMATS[fmt] and not (fmt == "state_dict" and out.suffix == ".pth"):
         raise ValueError(f"--out {out}: a {fmt} file should end in {FORMATS[fmt]}")
     check_new_file(out, force=force, what="--out")
-    dep = load_run(run, network, trust_code=trust_code)
+    dep = load_run(run, network, trust_code=trust_code, checkpoint=checkpoint)
     if calibrated and dep.temperature is None:
         raise ValueError(
             f"run {run} has no fitted temperature for {dep.name!r} (it ran without a validation "
             "split or with eval.temperature_scaling: false), so --calibrated has nothing to fold"
         )
     if not quantize:
-        m = dep.summary["results"].get(dep.name, {})
+        m = {
+            "temperature_reliable": dep.temperature_note is None,
+            "temperature_note": dep.temperature_note,
+        }
         _check_temperature(
             f"the fitted temperature of {dep.name!r} ({run})",
             m.get("temperature_reliable"),
@@ -357,7 +362,11 @@ def export_run(
         )
     done = _export_int8(dep, opts, out) if quantize else _export_float(dep, opts, out)
     record = _record_of(done, opts, out)
+    record["checkpoint"] = checkpoint
     record_export(run, dep.summary, record)
+    from bdkd.engine.tracking import log_export
+
+    log_export(dep.summary, out)
     return record
 
 

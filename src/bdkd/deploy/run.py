@@ -46,6 +46,8 @@ class DeployedRun:
     augment: Any
     loaders: Any
     temperature: float | None
+    temperature_note: str | None = None
+    checkpoint: str = "last"
 
     @property
     def info(self) -> Any:
@@ -72,20 +74,32 @@ def check_temperature(value: Any, where: str) -> float | None:
 
 
 def load_run(
-    run: str | Path, network: str | None = None, *, trust_code: bool = False
+    run: str | Path,
+    network: str | None = None,
+    *,
+    trust_code: bool = False,
+    checkpoint: str = "last",
 ) -> DeployedRun:
     """Network ``network`` (default: the deployed one) of run directory ``run``, checked as
-    the module docstring says."""
+    the module docstring says; ``checkpoint="best"`` takes ``checkpoints/best.pt`` (kept by
+    ``train.save_best``), whose temperature is fitted on validation here."""
+    if checkpoint not in ("last", "best"):
+        raise ValueError(f"--checkpoint must be last or best, got {checkpoint!r}")
     run = Path(run)
     marker = read_marker(run)
     if marker is None:
         raise ValueError(f"{run}: no bdkd run marker (.bdkd-run): not a bdkd run directory")
-    summary = load_summary(run)
     refuse_links(run)
-    path = run / "checkpoints" / "last.pt"
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        raise ValueError(f"{run}: no checkpoints/best.pt (the run did not set train.save_best)")
     state = load_checkpoint(path)
     if checkpoint_kind(state, path) != "image":
-        raise CheckpointError(f"checkpoint {path} is an LLM run's; export takes image runs")
+        raise CheckpointError(
+            f"checkpoint {path} is an LLM run's; its student is the Hugging Face directory "
+            f"{run / 'student'} (AutoModelForCausalLM.from_pretrained, or bdkd llm-eval)"
+        )
+    summary = load_summary(run)
     if state.get("run_id") != marker.get("run_id"):
         raise CheckpointError(
             f"checkpoint {path} was written by another run (run id {state.get('run_id')!r}, "
@@ -110,6 +124,33 @@ def load_run(
     loaders = build.build_loaders(cfg, splits, torch.device("cpu"))
     results = summary["results"].get(name, {})
     temperature = check_temperature(results.get("temperature"), f"{run}/summary.json, {name}")
-    return DeployedRun(
+    dep = DeployedRun(
         run, summary, name, cfg, splits, net, task, task.augment(cfg.data), loaders, temperature
     )
+    dep.temperature_note = results.get("temperature_note")
+    if checkpoint == "best":
+        dep.checkpoint = "best"
+        dep.temperature, dep.temperature_note = _fit_on_validation(dep)
+    return dep
+
+
+def _fit_on_validation(dep: DeployedRun) -> tuple[float | None, str | None]:
+    """A temperature fitted on the validation split for this network (and why it is not to
+    be trusted, when it is not); None without a validation split."""
+    from bdkd import calibration as cal
+    from bdkd.engine.evaluate import evaluate_networks
+
+    if dep.loaders.val is None:
+        return None, None
+    evaluator = dep.task.evaluator(dep.transform, dep.summary.get("bins", 15), sample_fraction=0.05)
+    sampled = hasattr(evaluator.accumulator(), "sample")  # pixels: a uniform sample of them
+    with torch.no_grad():
+        result = evaluate_networks(
+            {"net": dep.network}, dep.loaders.val, evaluator, keep_logits=not sampled
+        )
+    if sampled:
+        logits, labels = result.accumulators["net"].sample()
+    else:
+        logits, labels = result.logits["net"], result.labels
+    t = cal.fit_temperature(logits, labels)
+    return t, cal.temperature_note(logits, labels, t)

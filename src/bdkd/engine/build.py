@@ -82,6 +82,20 @@ def load_splits(cfg: Config) -> Splits:
     return splits
 
 
+def adapt_preprocessing(net: nn.Module, preprocess: Any, info: Any, key: str) -> None:
+    """``networks.<name>.preprocess``: the network takes the dataset's normalised batch and
+    sees its own mean/std and input side (:mod:`bdkd.models.external`)."""
+    from bdkd.models.external import own_preprocessing
+
+    try:
+        own = own_preprocessing(net)
+        if isinstance(preprocess, dict):
+            own.update({k: v for k, v in preprocess.items() if v is not None})
+        net.adapt_input(info.mean, info.std, own["mean"], own["std"], own["image_size"])
+    except ValueError as err:
+        raise ConfigError(f"config key '{key}.preprocess': {err}") from None
+
+
 def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
     """Create every network for the dataset; load the weights of those with ``weights`` (a
     plain state dict) or ``checkpoint`` (a bdkd run); attach feature hooks when asked."""
@@ -109,6 +123,8 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
             net = create_model(net_cfg.model, info.num_classes, **kwargs)
         except (ValueError, TypeError, ImportError) as err:
             raise ConfigError(f"config key '{key}.model': {err}") from None
+        if net_cfg.preprocess is not None:
+            adapt_preprocessing(net, net_cfg.preprocess, info, key)
         if net_cfg.feature_layer:
             probe = torch.zeros(2, info.channels, info.image_size, info.image_size)
             try:

@@ -100,6 +100,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     bins: int = 15,
     trust_code: bool = False,
+    checkpoint: str = "last",
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor], Tensor]:
     """Metrics, logits and labels of each network of a run directory or checkpoint file.
 
@@ -109,7 +110,11 @@ def evaluate_checkpoint(
     name only registered objects unless ``trust_code`` (or ``BDKD_TRUST_CODE=1``).
     """
     path = Path(target)
-    ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if checkpoint not in ("last", "best"):
+        raise ConfigError(f"--checkpoint must be last or best, got {checkpoint!r}")
+    ckpt_path = path / "checkpoints" / f"{checkpoint}.pt" if path.is_dir() else path
+    if checkpoint == "best" and path.is_dir() and not ckpt_path.is_file():
+        raise ConfigError(f"{path}: no checkpoints/best.pt (the run did not set train.save_best)")
     state = load_checkpoint(ckpt_path)
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")

@@ -15,11 +15,13 @@ One run, in order:
    run id, ``config.yaml``); a resumed run's checkpoint is read and checked against the run
    (its id, its kind, its schema version, its config);
 5. train: :meth:`check_finite` stops a diverging run at its step, :meth:`log` appends one
-   record to ``metrics.jsonl`` and gives its numbers to the trackers (TensorBoard),
+   record to ``metrics.jsonl``, :meth:`on_step` and :meth:`on_eval` give the loss terms and
+   metrics to the callbacks and the trackers of ``output.report_to``
+   (:mod:`bdkd.engine.tracking`),
    :meth:`save` writes the checkpoint atomically (format, kind and run id added here, the only
    place that writes them);
-6. **finish** (:meth:`RunLifecycle.finish`): ``summary.json``, the trackers closed, the
-   processes joined.
+6. **finish** (:meth:`RunLifecycle.finish`): ``summary.json``, the artifacts to the trackers,
+   the callbacks closed, the processes joined.
 
 Checkpoints are format 3: ``{"format": 3, "kind": "image" | "llm", "run_id", "config",
 "rng", ...}``; format 2 (before the kind was recorded) is still read.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ import torch
 from bdkd.config import ConfigError, config_differences
 from bdkd.engine import distributed
 from bdkd.engine.build import resolve_device
+from bdkd.engine.callbacks import Callback, Callbacks, flatten
 from bdkd.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -46,7 +49,6 @@ from bdkd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from bdkd.engine.progress import open_tensorboard
 from bdkd.engine.rundir import (
     RunDirError,
     append_jsonl,
@@ -57,6 +59,7 @@ from bdkd.engine.rundir import (
     truncate_metrics,
     write_text_atomic,
 )
+from bdkd.engine.tracking import open_trackers, tracker_ids
 from bdkd.files import write_json
 
 CHECKPOINT_FORMAT = 3
@@ -204,6 +207,8 @@ class RunLifecycle:
         threads: int | None = None,
         device: str = "auto",
         metric_key: str = "epoch",
+        output: Any = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -227,7 +232,9 @@ class RunLifecycle:
         self.device = device_
         self.is_main = self.group.is_main
         self.run_id = ""
-        self.trackers: list[Any] = []
+        self.output, self.user_callbacks = output, list(callbacks)
+        self.callbacks = Callbacks()
+        self.trackers: list[Callback] = []
 
     @property
     def checkpoint_path(self) -> Path:
@@ -297,9 +304,11 @@ class RunLifecycle:
         if not self.resume and not self.is_main:
             self.run_id = str((read_marker(self.run_dir) or {}).get("run_id", ""))
         if self.is_main:
-            board = open_tensorboard(self.run_dir)
-            if board is not None:
-                self.trackers.append(board)
+            resumed = (state or {}).get("tracking")
+            if self.output is not None:
+                self.trackers = open_trackers(self.output, self.run_dir, self.run_dir.name, resumed)
+            self.callbacks = Callbacks([*self.user_callbacks, *self.trackers])
+            self.callbacks.on_start(flatten(self.config))
         return state
 
     def truncate_metrics(self, keep: int) -> None:
@@ -307,25 +316,36 @@ class RunLifecycle:
         if self.is_main:
             truncate_metrics(self.metrics_path, keep, key=self.metric_key)
 
-    def track(self, values: Mapping[str, Any], step: int) -> None:
-        """Give every number of ``values`` (``prefix/name``) to the trackers at ``step``."""
-        for tracker in self.trackers:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tracker.add_scalar(key, value, step)
+    @property
+    def log_every(self) -> int:
+        return getattr(self.output, "log_every", 10)
 
-    def flush(self) -> None:
-        for tracker in self.trackers:
-            tracker.flush()
+    @property
+    def listening(self) -> bool:
+        """Whether any callback or tracker is attached (per-step values are then computed)."""
+        return bool(self.callbacks.callbacks)
+
+    def on_step(self, step: int, values: Mapping[str, float]) -> None:
+        """The running loss terms after step ``step`` to the callbacks and trackers."""
+        self.callbacks.on_step(step, values)
+
+    def on_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
+        """An image run's epoch ended: its mean loss terms and ``lr``."""
+        self.callbacks.on_epoch(epoch, values)
+
+    def on_eval(self, step: int, values: Mapping[str, Any]) -> None:
+        """A validation's metrics (``val/<network>/<metric>``) and the loss terms."""
+        self.callbacks.on_eval(step, values)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record to ``metrics.jsonl`` (first process only)."""
         if self.is_main:
             append_jsonl(self.metrics_path, record)
 
-    def save(self, payload: dict[str, Any]) -> None:
-        """Write the checkpoint atomically: ``payload`` with the format, the kind, the run id,
-        the config and every RNG state (first process only)."""
+    def save(self, payload: dict[str, Any], path: Path | None = None) -> None:
+        """Write the checkpoint atomically (``checkpoints/last.pt``, or ``path``): ``payload``
+        with the format, the kind, the run id, the config and every RNG state (first process
+        only)."""
         if not self.is_main:
             return
         save_atomic(
@@ -336,8 +356,9 @@ class RunLifecycle:
                 **payload,
                 "rng": rng_state(),
                 "config": self.config,
+                "tracking": tracker_ids(self.trackers),
             },
-            self.checkpoint_path,
+            path or self.checkpoint_path,
         )
 
     def check_finite(self, bad: bool, message: Callable[[], str]) -> None:
@@ -345,15 +366,30 @@ class RunLifecycle:
         if bad:
             raise TrainingDiverged(message())
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json`` (first process), close the trackers, join the processes."""
+    def finish(self, summary: dict[str, Any], artifacts: Sequence[str] = ()) -> None:
+        """Write ``summary.json`` (first process), give it and the run's ``artifacts`` (files
+        in the run directory) to the callbacks and trackers, close them, join the processes."""
         if self.is_main:
+            ids = tracker_ids(self.trackers)
+            if ids:
+                summary["tracking"] = ids
             write_json(self.run_dir / "summary.json", summary)
+            paths = [self.run_dir / a for a in (*artifacts, "summary.json")]
+            self.callbacks.on_finish(summary, [p for p in paths if p.is_file()])
         self.close()
         distributed.barrier()
 
+    def guarded(self, fit: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a trainer's ``fit``; when it fails (an error, an interruption) the callbacks
+        and trackers are closed (a tracker marks its run failed) before the error goes on."""
+        try:
+            return fit()
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
-        for tracker in self.trackers:
-            with contextlib.suppress(Exception):
-                tracker.close()
-        self.trackers = []
+        """Close every callback and tracker (also when the run failed)."""
+        with contextlib.suppress(Exception):
+            self.callbacks.close()
+        self.callbacks, self.trackers = Callbacks(), []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from bdkd.config import Config, ConfigError, dump_config, validate
 from bdkd.engine import build, distributed, tasks
+from bdkd.engine.callbacks import Callback
 from bdkd.engine.checkpoint import CheckpointError, load_network_state, set_rng_state
 from bdkd.engine.evaluate import Evaluation, evaluate_networks
 from bdkd.engine.lifecycle import (
@@ -33,6 +35,7 @@ from bdkd.engine.lifecycle import (
 )
 from bdkd.engine.logit_cache import TeacherLogitCache, state_hash
 from bdkd.engine.progress import Progress
+from bdkd.engine.selection import Selection
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -59,6 +62,7 @@ class Trainer:
         resume: bool = False,
         force: bool = False,
         protect: tuple[str | Path, ...] = (),
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg = cfg
         self.life = RunLifecycle(
@@ -72,6 +76,8 @@ class Trainer:
             protect=protect,
             threads=cfg.train.threads,
             device=cfg.train.device,
+            output=cfg.output,
+            callbacks=callbacks,
         )
         self.run_dir, self.device, self.dist = self.life.run_dir, self.life.device, self.life.group
         self.is_main = self.life.is_main
@@ -113,6 +119,7 @@ class Trainer:
         self._dry_run()
         self.cache = self._open_cache()
         self.start_epoch = 0
+        self.selection = Selection(cfg.train.save_best, cfg.train.early_stop)
         state = self.life.open()
         self.run_id = self.life.run_id
         if state is not None:
@@ -147,9 +154,16 @@ class Trainer:
                     try:
                         z = net(x)
                     except Exception as err:  # a user's model may raise anything
+                        text = _first_line(err)
+                        hint = (
+                            f" (the images have {x.shape[1]} channel(s): data.channels sets "
+                            "that for image folders, networks.<name>.kwargs the model's)"
+                            if "channel" in text
+                            else ""
+                        )
                         raise ConfigError(
                             f"network {name!r} ({model}) fails on this dataset's images "
-                            f"{tuple(x.shape[1:])}: {type(err).__name__}: {_first_line(err)}"
+                            f"{tuple(x.shape[1:])}: {type(err).__name__}: {text}{hint}"
                         ) from err
                     self.task.check_logits(name, model, z, x.shape[0])
         finally:
@@ -227,7 +241,7 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.life.checkpoint_path
 
-    def _save(self, epoch: int) -> None:
+    def _save(self, epoch: int, path: Path | None = None) -> None:
         nets = self.distiller.networks
         extra = {
             k: v for k, v in self.distiller.state_dict().items() if not k.startswith("networks.")
@@ -245,7 +259,9 @@ class Trainer:
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
                 "scaler": self.scaler.state_dict(),
-            }
+                "selection": self.selection.state(),
+            },
+            path,
         )
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -263,6 +279,7 @@ class Trainer:
             for name, sched in self.schedulers.items():
                 sched.load_state_dict(state["schedulers"][name])
             self.scaler.load_state_dict(state["scaler"])
+            self.selection.load(state.get("selection"))
             set_rng_state(state["rng"])
         except (KeyError, ValueError, TypeError, IndexError) as err:
             if isinstance(err, CheckpointError):
@@ -329,8 +346,15 @@ class Trainer:
             count += n
             for key, value in {**out.flat_terms(), **out.diagnostics}.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().double() * n
-            if progress.due(step):
-                progress.update(step, {k: float(sums[k] / count) for k in out.flat_terms()})
+            steps_done = epoch * len(loader) + step
+            if progress.due(step) or (
+                self.life.listening and steps_done % self.life.log_every == 0
+            ):
+                running = {k: float(v / count) for k, v in sums.items()}
+                if progress.due(step):
+                    progress.update(step, {k: running[k] for k in out.flat_terms()})
+                if self.is_main and steps_done % self.life.log_every == 0:
+                    self.life.on_step(steps_done, {f"train/{k}": v for k, v in running.items()})
         progress.close()
         for sched in self.schedulers.values():
             sched.step()
@@ -423,7 +447,11 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict[str, Any]:
-        """Train from ``start_epoch`` to the end, then evaluate on test and write the run."""
+        """Train from ``start_epoch`` to the end, then evaluate on test and write the run
+        (callbacks and trackers are closed whatever happens)."""
+        return self.life.guarded(self._fit)
+
+    def _fit(self) -> dict[str, Any]:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             lrs = {n: o.param_groups[0]["lr"] for n, o in self.optimizers.items()}
             record = self.train_epoch(epoch)
@@ -434,11 +462,22 @@ class Trainer:
                 "seconds": record["seconds"],
                 "val": self.validate_epoch() if self._validates(epoch) else {},
             }
+            better, stop = self.selection.update(
+                epoch + 1, record["val"].get(self.distiller.deployed)
+            )
             if self.is_main:
                 self.life.log(record)
                 self._save(epoch + 1)
+                if better:
+                    self._save(epoch + 1, self.run_dir / "checkpoints" / "best.pt")
                 self._track(record)
                 self._print_epoch(epoch, record)
+            if stop:
+                print(
+                    f"early stop after epoch {epoch + 1}: {self.selection.describe()}",
+                    file=sys.stderr,
+                )
+                break
         return self.finish()
 
     def _print_epoch(self, epoch: int, record: dict[str, Any]) -> None:
@@ -461,14 +500,17 @@ class Trainer:
         return (epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs
 
     def _track(self, record: dict[str, Any]) -> None:
-        """The epoch's loss terms and validation metrics to the trackers (per-class lists
-        stay in metrics.jsonl)."""
-        step = record["epoch"] + 1
+        """The epoch's loss terms (every epoch) and its validation metrics (when it had a
+        validation) to the callbacks and trackers (per-class lists stay in metrics.jsonl)."""
+        epoch = record["epoch"] + 1
         values = {f"train/{k}": v for k, v in record["train"].items()}
-        for net, metrics in record["val"].items():
-            values.update({f"val/{net}/{k}": v for k, v in metrics.items()})
-        self.life.track(values, step)
-        self.life.flush()
+        values["lr"] = next(iter(record["lr"].values()), 0.0)
+        self.life.on_epoch(epoch, values)
+        if record["val"]:
+            val = {}
+            for net, metrics in record["val"].items():
+                val.update({f"val/{net}/{k}": v for k, v in metrics.items()})
+            self.life.on_eval(epoch, val)
 
     def finish(self) -> dict[str, Any]:
         """Test metrics for every network, temperature fitted on val, summary and report."""
@@ -503,6 +545,8 @@ class Trainer:
             "results": results,
             **self.task.summary_extra(),
         }
+        if self.selection.metric is not None or self.selection.stopped:
+            summary["selection"] = self.selection.state()
         if self.is_main:
             pred_dir = self.run_dir / "predictions"
             pred_dir.mkdir(exist_ok=True)
@@ -518,5 +562,5 @@ class Trainer:
                 sections=self.task.report_sections,
                 curves=curves,
             )
-        self.life.finish(summary)
+        self.life.finish(summary, ("report.md", "reliability.png", "risk_coverage.png"))
         return summary

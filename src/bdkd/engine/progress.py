@@ -1,4 +1,5 @@
-"""What a run shows while it trains: a progress line with the live loss terms, TensorBoard.
+"""What a run shows while it trains: a progress line with the live loss terms, the rate and
+an ETA (the trackers, TensorBoard included, are in :mod:`bdkd.engine.tracking`).
 
 Shared by the image engine and ``bdkd llm-distill``.
 """
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 
 class Progress:
@@ -25,9 +24,14 @@ class Progress:
         return self.enabled and (step % self.every == 0 or step == self.total)
 
     def update(self, step: int, terms: dict[str, float]) -> None:
-        rate = step / max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = step / elapsed
+        eta = (self.total - step) / rate if rate > 0 else 0.0
         shown = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-        line = f"{self.prefix} [{step}/{self.total}] {shown} | {rate:.1f} it/s"
+        line = (
+            f"{self.prefix} [{step}/{self.total}] {shown} | {rate:.1f} it/s, "
+            f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}"
+        )
         print(
             ("\r" + line) if self.tty else line,
             end="" if self.tty else "\n",
@@ -40,11 +44,9 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
-def open_tensorboard(run_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` into ``run_dir/tensorboard`` when tensorboard is
-    installed (``pip install 'bdkd[tensorboard]'``), else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(Path(run_dir) / "tensorboard"))
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss``)."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

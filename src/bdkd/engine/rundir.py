@@ -45,26 +45,30 @@ OWNED_ENTRIES = (
 """Files bdkd writes inside a run directory. Sub-directories that carry the marker
 themselves (the demo's runs) are bdkd's too."""
 
+STUDENT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+"""What ``save_pretrained`` writes for a student (and a LoRA student's base)."""
+
 OWNED_DIRECTORIES: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("last.pt", ".last.pt.*"),
+    "checkpoints": ("last.pt", ".last.pt.*", "best.pt", ".best.pt.*"),
     "predictions": ("*.npz", ".*.npz.*"),
     "tensorboard": ("events.out.tfevents.*",),
     # an LLM student (save_pretrained) and its LoRA adapter
-    "student": (
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "model-*-of-*.safetensors",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "tokenizer.model",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "chat_template.jinja",
-        "vocab.json",
-        "merges.txt",
-    ),
+    "student-base": STUDENT_FILES,
+    "student": STUDENT_FILES,
     "student-adapter": ("adapter_config.json", "adapter_model.safetensors", "README.md"),
     # bdkd eval RUN --shift
     "shift": ("shift*.json", "shift*.md", "shift*.png", ".shift*"),

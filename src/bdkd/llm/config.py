@@ -20,6 +20,7 @@ from bdkd.config import (
     MAX_SEED,
     SCHEDULES,
     ConfigError,
+    OutputConfig,
     apply_overrides,
     build_section,
     check_run_name,
@@ -42,72 +43,94 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class TeacherConfig:
-    # a save_pretrained directory, a hub id (from the local cache), a .gguf file, or smollm2
-    model: str = "smollm2"
-    dtype: str = spec("float32", choices=tuple(DTYPES))
+    model: str = spec(
+        "smollm2",
+        doc="a save_pretrained directory, a hub id (from the local cache), a .gguf file, or smollm2",
+    )
+    dtype: str = spec("float32", choices=tuple(DTYPES), doc="the teacher's weights' type")
 
 
 @dataclass
 class StudentConfig:
-    # exactly one of: model (loaded like the teacher's), layers (a subset of the teacher's
-    # layers), config (the teacher's architecture with these overrides, random init)
-    model: str | None = None
-    layers: list[int] | None = spec(None, items={"ge": 0})
-    config: dict[str, Any] | None = None
-    lora: dict[str, Any] | None = None
+    model: str | None = spec(
+        None, doc="a student loaded like the teacher (exactly one of model, layers, config)"
+    )
+    layers: list[int] | None = spec(
+        None, items={"ge": 0}, doc="the student is these layers of the teacher (indices)"
+    )
+    config: dict[str, Any] | None = spec(
+        None, doc="the student is the teacher's architecture with these overrides, random init"
+    )
+    lora: dict[str, Any] | None = spec(
+        None, doc="train a LoRA adapter only: {r: 8, alpha: 16, dropout: 0, target_modules: [...]}"
+    )
 
 
 @dataclass
 class LMDataConfig:
-    files: list[str] = field(default_factory=lambda: [FORTUNES])
-    format: str = spec("auto", choices=FORMATS)
-    text_field: str = "text"
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    messages_field: str = "messages"
-    val_files: list[str] = field(default_factory=list)
-    test_files: list[str] = field(default_factory=list)
-    val_size: int | float = spec(0.1, ge=0)
-    test_size: int | float = spec(0.1, ge=0)
-    max_length: int = spec(256, ge=2)
-    prompt_tokens: int = spec(8, ge=1)
-    max_samples: int | None = spec(None, ge=1)
-    # the seed of the train / val / test split (default: train.seed); fix it to compare seeds
-    # on one held-out set and to share one teacher cache between them
-    split_seed: int | None = spec(None, ge=0, le=MAX_SEED)
+    files: list[str] = spec(default_factory=lambda: [FORTUNES], doc="data files (globs allowed)")
+    format: str = spec("auto", choices=FORMATS, doc="how the files hold text")
+    text_field: str = spec("text", doc="jsonl/json/parquet: the field of plain text")
+    prompt_field: str = spec("prompt", doc="the field of prompts (prompt/completion rows)")
+    completion_field: str = spec("completion", doc="the field of completions")
+    messages_field: str = spec("messages", doc="the field of chat messages")
+    val_files: list[str] = spec(default_factory=list, doc="a separate validation set (else carved)")
+    test_files: list[str] = spec(default_factory=list, doc="a separate test set (else carved)")
+    val_size: int | float = spec(
+        0.1, ge=0, doc="validation texts carved from files: count or fraction"
+    )
+    test_size: int | float = spec(0.1, ge=0, doc="test texts carved from files: count or fraction")
+    max_length: int = spec(256, ge=2, doc="texts are cut to this many tokens")
+    prompt_tokens: int = spec(
+        8, ge=1, doc="plain text: the first tokens are the prompt (not targets)"
+    )
+    max_samples: int | None = spec(None, ge=1, doc="use only the first rows")
+    split_seed: int | None = spec(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        doc="the seed of the train/val/test split (default train.seed): fix it to compare seeds",
+    )
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "forward_kl"
-    temperature: float = spec(1.0, gt=0)
-    params: dict[str, Any] = field(default_factory=dict)
-    ce_weight: float = spec(0.0, ge=0)
-    distill_weight: float = spec(1.0, ge=0)
+    name: str = spec("forward_kl", doc="a token objective (bdkd methods lists them)")
+    temperature: float = spec(1.0, gt=0, doc="the softmax temperature of both distributions")
+    params: dict[str, Any] = spec(
+        default_factory=dict,
+        doc="the objective's hyper-parameters (bdkd: rule, high, low, sharpness)",
+    )
+    ce_weight: float = spec(0.0, ge=0, doc="add the student's next-token cross-entropy, times this")
+    distill_weight: float = spec(1.0, ge=0, doc="the objective's weight")
 
 
 @dataclass
 class LLMTrainConfig:
-    steps: int = spec(200, ge=1)
-    micro_batch: int = spec(8, ge=1)
-    accumulation: int = spec(1, ge=1)
-    lr: float = spec(1e-4, gt=0)
-    weight_decay: float = spec(0.0, ge=0)
-    grad_clip: float | None = spec(1.0, gt=0)
-    seed: int = spec(0, ge=0, le=MAX_SEED)
-    on_policy_fraction: float = spec(0.0, ge=0, le=1)
-    sample_temperature: float = spec(1.0, gt=0)
-    max_new_tokens: int = spec(32, ge=1)
-    eval_every: int = spec(50, ge=1)
-    eval_batch: int = spec(16, ge=1)
-    chunk_size: int = spec(1024, ge=1)
-    device: str = "auto"
-    threads: int | None = spec(None, ge=1, le=4096)
-    progress: bool = True
-    precision: str = spec("fp32", choices=("fp32", "bf16"))
-    gradient_checkpointing: bool = False
-    parallel: str = spec("ddp", choices=("ddp", "fsdp"))
-    teacher_cache: str | None = None
+    steps: int = spec(200, ge=1, doc="optimizer steps")
+    micro_batch: int = spec(8, ge=1, doc="texts per forward (shared by the processes)")
+    accumulation: int = spec(1, ge=1, doc="micro-batches per optimizer step")
+    lr: float = spec(1e-4, gt=0, doc="AdamW's learning rate")
+    weight_decay: float = spec(0.0, ge=0, doc="AdamW's decoupled weight decay")
+    grad_clip: float | None = spec(1.0, gt=0, doc="clip the gradient norm")
+    seed: int = spec(0, ge=0, le=MAX_SEED, doc="the seed of the batches, sampling and the split")
+    on_policy_fraction: float = spec(
+        0.0, ge=0, le=1, doc="the share of micro-batches the student samples itself (GKD)"
+    )
+    sample_temperature: float = spec(1.0, gt=0, doc="on-policy: the sampling temperature")
+    max_new_tokens: int = spec(32, ge=1, doc="on-policy samples and test generations: tokens")
+    eval_every: int = spec(50, ge=1, doc="validate and checkpoint every this many steps")
+    eval_batch: int = spec(16, ge=1, doc="texts per evaluation forward")
+    chunk_size: int = spec(1024, ge=1, doc="tokens per chunk of the fused LM-head loss")
+    device: str = spec("auto", doc="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    threads: int | None = spec(None, ge=1, le=4096, doc="torch CPU threads")
+    progress: bool = spec(True, doc="a progress line")
+    precision: str = spec("fp32", choices=("fp32", "bf16"), doc="autocast precision")
+    gradient_checkpointing: bool = spec(False, doc="recompute the student's activations")
+    parallel: str = spec("ddp", choices=("ddp", "fsdp"), doc="with --nproc: DDP or FSDP2 sharding")
+    teacher_cache: str | None = spec(
+        None, doc="a bdkd llm-cache-teacher directory (no teacher loaded)"
+    )
 
 
 @dataclass
@@ -116,12 +139,14 @@ class LLMScheduleConfig:
     ``constant`` (the default), ``cosine`` or ``poly`` down to ``min_lr``, ``multistep``
     (times ``gamma`` at each of ``milestones``), after a linear warm-up of ``warmup_steps``."""
 
-    name: str = spec("constant", choices=SCHEDULES)
-    milestones: list[int] = spec(default_factory=list, items={"ge": 0})
-    gamma: float = spec(0.1, gt=0)
-    power: float = spec(0.9, gt=0)
-    warmup_steps: int = spec(0, ge=0)
-    min_lr: float = spec(0.0, ge=0)
+    name: str = spec("constant", choices=SCHEDULES, doc="the learning-rate schedule, in steps")
+    milestones: list[int] = spec(
+        default_factory=list, items={"ge": 0}, doc="multistep: the steps where the rate drops"
+    )
+    gamma: float = spec(0.1, gt=0, doc="multistep: the factor at each milestone")
+    power: float = spec(0.9, gt=0, doc="poly: (1 - progress)^power")
+    warmup_steps: int = spec(0, ge=0, doc="a linear warm-up over this many steps first")
+    min_lr: float = spec(0.0, ge=0, doc="cosine and poly end at this rate")
 
     @property
     def warmup(self) -> int:
@@ -129,10 +154,10 @@ class LLMScheduleConfig:
 
 
 @dataclass
-class LLMOutputConfig:
-    dir: str = "runs"
-    name: str | None = None
-    save_student: bool = True
+class LLMOutputConfig(OutputConfig):
+    """The image runs' output section, and whether the student is saved."""
+
+    save_student: bool = spec(True, doc="save RUN/student (save_pretrained) at the end")
 
 
 @dataclass

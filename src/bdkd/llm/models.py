@@ -282,18 +282,33 @@ def save_student(
     tokenizer: Any,
     path: str | Path,
     state_dict: dict[str, Any] | None = None,
+    *,
+    base: str | None = None,
 ) -> Path:
     """``save_pretrained`` (safetensors) with the tokenizer into ``path``; a LoRA student is
-    saved merged (a plain model), its adapter alone beside it in ``path``-adapter.
-    ``state_dict`` (the whole state, gathered from FSDP shards) replaces the model's own."""
+    saved merged (a plain model), its adapter alone beside it in ``path``-adapter, pointing
+    at the base it was trained on: ``base`` (the directory the student was loaded from), or,
+    for a student derived from the teacher (``base`` None), its own unmerged base saved in
+    ``path``-base — so ``AutoPeftModelForCausalLM.from_pretrained(path-adapter)`` gives the
+    trained student, never the adapter on another model. ``state_dict`` (the whole state,
+    gathered from FSDP shards) replaces the model's own."""
+    import copy
+
     path = Path(path)
     try:
         if is_lora(model):
             if state_dict is not None:
                 raise ValueError("a LoRA student is saved from its own (unsharded) parameters")
+            if base is None:
+                base_dir = path.with_name(path.name + "-base")
+                plain = copy.deepcopy(model).unload()
+                plain.save_pretrained(str(base_dir), safe_serialization=True)
+                if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+                    tokenizer.save_pretrained(str(base_dir))
+                base = str(base_dir.resolve())
+            for config in model.peft_config.values():
+                config.base_model_name_or_path = base
             model.save_pretrained(str(path.with_name(path.name + "-adapter")))
-            import copy
-
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):

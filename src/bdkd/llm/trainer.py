@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import yaml
 from bdkd.data.augment import epoch_seed
 from bdkd.engine import distributed
 from bdkd.engine.build import autocast_factory, build_schedule
+from bdkd.engine.callbacks import Callback
 from bdkd.engine.checkpoint import CheckpointError, set_rng_state
 from bdkd.engine.lifecycle import RunLifecycle, TrainingDiverged
 from bdkd.engine.progress import Progress
@@ -69,6 +71,7 @@ class LLMTrainer:
         resume: bool = False,
         force: bool = False,
         protect: tuple[str | Path, ...] = (),
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg, tc = cfg, cfg.train
         self.life = RunLifecycle(
@@ -83,6 +86,8 @@ class LLMTrainer:
             threads=tc.threads,
             device=tc.device,
             metric_key="step",
+            output=cfg.output,
+            callbacks=callbacks,
         )
         self.run_dir, self.device = self.life.run_dir, self.life.device
         check_inputs(cfg)
@@ -288,7 +293,9 @@ class LLMTrainer:
         optimizer_state = full_optimizer_state(self.student, self.optimizer, self.parallel)
         if self.parallel.main:
             self.life.log(record)
-            self.life.track({f"val/{k}": v for k, v in record["val"].items()}, step + 1)
+            values = {f"val/student/{k}": v for k, v in record["val"].items()}
+            values.update({f"train/{k}": v for k, v in terms.items()}, lr=lr)
+            self.life.on_eval(step + 1, values)
             self.life.save(
                 {
                     "step": step + 1,
@@ -314,6 +321,9 @@ class LLMTrainer:
 
     def fit(self) -> dict[str, Any]:
         """Train from the start (or the resumed step) to the end; test; save the student."""
+        return self.life.guarded(self._fit)
+
+    def _fit(self) -> dict[str, Any]:
         tc = self.cfg.train
         began = time.perf_counter() - self.elapsed
         progress = Progress(tc.progress and self.parallel.main, tc.steps, "llm-distill")
@@ -322,7 +332,8 @@ class LLMTrainer:
             terms = self.train_step(step)
             if progress.due(step + 1):
                 progress.update(step + 1, terms)
-            self.life.track({f"train/{k}": v for k, v in terms.items()}, step + 1)
+            if self.parallel.main and (step + 1) % self.life.log_every == 0:
+                self.life.on_step(step + 1, {f"train/{k}": v for k, v in terms.items()})
             if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
                 progress.close()
                 self._evaluate_and_save(step, terms, began, lr)
@@ -391,12 +402,27 @@ class LLMTrainer:
         if cfg.output.save_student:
             state = full_state(student, self.parallel) if self.parallel.fsdp else None
             if self.parallel.main:
-                save_student(student, built.tokenizer, self.run_dir / "student", state_dict=state)
+                save_student(
+                    student,
+                    built.tokenizer,
+                    self.run_dir / "student",
+                    state_dict=state,
+                    base=adapter_base(cfg.student.model),
+                )
                 summary["student_dir"] = str(self.run_dir / "student")
         if self.parallel.main:
             write_text(self.run_dir / "report.md", lm_report(summary, f"{t.name} distillation"))
-        self.life.finish(summary)
+        self.life.finish(summary, ("report.md",))
         return summary
+
+
+def adapter_base(model: str | None) -> str | None:
+    """What a LoRA adapter's ``base_model_name_or_path`` can name: the student's own
+    ``save_pretrained`` directory (or cached hub id); None for a student derived from the
+    teacher or read from a GGUF file, whose base is then saved beside the adapter."""
+    if model is None or model.endswith(".gguf") or model == "smollm2":
+        return None
+    return str(Path(model).resolve()) if Path(model).is_dir() else model
 
 
 def run_llm_distill(
@@ -406,7 +432,11 @@ def run_llm_distill(
     resume: bool = False,
     force: bool = False,
     protect: tuple[str | Path, ...] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train and evaluate one LLM distillation config in ``run_dir`` (in every process of a
     torchrun group; only the first writes)."""
-    return LLMTrainer(cfg, run_dir, resume=resume, force=force, protect=protect).fit()
+    trainer = LLMTrainer(
+        cfg, run_dir, resume=resume, force=force, protect=protect, callbacks=callbacks
+    )
+    return trainer.fit()

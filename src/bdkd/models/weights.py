@@ -163,4 +163,9 @@ def load_weights(
     """Read ``path`` (see :func:`read_state_dict`), map its keys and load it into ``model``;
     returns the notes of a non-strict load (keys left as they were, keys not used)."""
     state = rename_keys(read_state_dict(path), strip_prefix=strip_prefix, rename=rename)
+    native = getattr(model, "from_native", None)
+    own = model.state_dict()
+    if native is not None and not set(state) & set(own):
+        # a timm/torchvision state dict in those libraries' own names (conv1.weight, fc.bias)
+        state = native(state)
     return load_into(model, state, f"weights file {path}", strict=strict)
