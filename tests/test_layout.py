@@ -75,6 +75,7 @@ ALLOWED = {
     "report": {"calibration", "files"},
     "calibrate": {"calibration", "files", "report"},
     "shipped": {"config"},
+    "stats": set(),
 }
 LOW = set(ALLOWED)
 ALLOWED["engine"] = LOW | {"bdkd"}

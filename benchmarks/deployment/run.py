@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(METHODS_DIR))
 
 import spec as S  # noqa: E402
-import stats  # noqa: E402
 from run import execute, job, with_cache_fillers  # noqa: E402
+
+from bdkd import stats  # noqa: E402
 
 REGIME = 1
 METHODS = ("scratch", "kd", "dkd", "nkd", "dml", "bdkd_hard")

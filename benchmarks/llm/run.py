@@ -45,8 +45,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "methods"))
 
-from stats import holm, paired  # noqa: E402
-
 from bdkd.engine.build import resolve_device  # noqa: E402
 from bdkd.llm.run import (  # noqa: E402
     build_data,
@@ -57,6 +55,7 @@ from bdkd.llm.run import (  # noqa: E402
     pad_id,
     run_llm_distill,
 )
+from bdkd.stats import holm, paired  # noqa: E402
 
 CONFIG = ROOT / "configs" / "llm" / "smollm2_python_docs.yaml"
 # name -> (label, knob, settings as config overrides). Every objective gets the same budget:

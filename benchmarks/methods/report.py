@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import spec as S
-from stats import holm, mean_std, paired
 
 from bdkd.report import compare_runs
+from bdkd.stats import holm, mean_std, paired
 
 # (key, column, scale, decimals); 'fitted T' says which way the miscalibration goes: above 1
 # the network is over-confident, below 1 under-confident.

@@ -23,11 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "methods"))
 
-from stats import holm, mean_std, paired  # noqa: E402
-
 from bdkd.config import config_differences, load_config  # noqa: E402
 from bdkd.engine import Trainer  # noqa: E402
 from bdkd.engine.loop import RESUME_MAY_CHANGE  # noqa: E402
+from bdkd.stats import holm, mean_std, paired  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "scenes"
 METHODS = {

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 
 import bdkd
-from bdkd.cli import calibrate, configs, export, llm, misc, train
+from bdkd.cli import calibrate, configs, export, llm, misc, train, tune
 
-COMMAND_MODULES = (misc, calibrate, train, llm, export, configs)
+COMMAND_MODULES = (misc, calibrate, train, tune, llm, export, configs)
 """In the order ``bdkd --help`` lists them."""
 
-TAKES_OVERRIDES = ("train", "demo", "llm-distill", "llm-cache-teacher", "config")
+TAKES_OVERRIDES = ("train", "tune", "demo", "llm-distill", "llm-cache-teacher", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,6 +53,7 @@ __all__ = [
     "distiller_hparams",
     "features_and_logits",
     "method_hparams",
+    "method_kind",
     "register_distiller",
 ]
 
@@ -80,6 +81,16 @@ def method_hparams(method: str) -> dict[str, HParam]:
     if method in image_objectives():
         own = distiller_hparams(OfflineDistiller)
         return {**{k: own[k] for k in OFFLINE_OWN}, **get_objective(method).hparams}
+    raise _unknown_method(method)
+
+
+def method_kind(method: str) -> str:
+    """Which networks a run of ``method`` needs (:attr:`Distiller.kind`): ``offline``,
+    ``online``, ``self`` or ``scratch``; every objective name is offline."""
+    if method in DISTILLERS:
+        return DISTILLERS[method].kind
+    if method in image_objectives():
+        return "offline"
     raise _unknown_method(method)
 
 

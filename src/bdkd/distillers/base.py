@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,14 @@ SAMPLE_ROWS = RowLayout()
 
 
 class Distiller(nn.Module):
-    """Owns the networks of one method and turns their logits into named loss terms."""
+    """Owns the networks of one method and turns their logits into named loss terms.
+
+    ``kind`` says which networks a run of the method needs: ``offline`` (a trained, frozen
+    teacher and a student), ``online`` (networks that all train together), ``self`` and
+    ``scratch`` (the student alone).
+    """
+
+    kind: ClassVar[str] = "offline"
 
     def __init__(
         self,

@@ -95,6 +95,8 @@ class ScratchDistiller(Distiller):
     several networks, the one named ``student`` is trained.
     """
 
+    kind = "scratch"
+
     def __init__(
         self,
         networks: Mapping[str, nn.Module],

@@ -54,6 +54,8 @@ class DMLDistiller(Distiller):
     every ``q_j`` detached. The paper uses T = 1.
     """
 
+    kind = "online"
+
     def __init__(
         self,
         networks: Mapping[str, nn.Module],
@@ -106,6 +108,8 @@ class KDCLDistiller(Distiller):
     ensemble weights are not implemented. T = 2 is this library's default (the paper's
     value could not be read).
     """
+
+    kind = "online"
 
     def __init__(
         self,
@@ -178,6 +182,8 @@ class BDKDDistiller(Distiller):
     are averaged over partners. The teacher term and the weights are a reconstruction (see
     docs/methods.md).
     """
+
+    kind = "online"
 
     def __init__(
         self,

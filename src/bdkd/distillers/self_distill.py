@@ -40,6 +40,8 @@ class USKDDistiller(Distiller):
     or ``aux`` (the paper's wording); see :mod:`bdkd.losses.uskd`.
     """
 
+    kind = "self"
+
     def __init__(
         self,
         networks: Mapping[str, nn.Module],
