@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bdkd.cli import main
 from bdkd.distillers import available_methods, method_kind
@@ -261,3 +262,26 @@ def test_a_tune_writes_only_inside_its_own_directory(tmp_path, capsys):
     (tune_dir / "seed0").symlink_to(other)
     fails(tune_args(tune_dir), capsys, "symbolic link")
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_tune_on_an_llm_config_compares_token_objectives(tiny_llm_config, tmp_path, capsys):
+    out = tmp_path / "llm"
+    args = ["tune", str(tiny_llm_config), "--methods", "forward_kl,bdkd", "--budget", "2"]
+    args += ["--seeds", "2", "--backend", "local", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"]["task"] == "tokens"
+    assert set(report["entries"]) == {"scratch", "forward_kl", "bdkd"}
+    for name, entry in report["entries"].items():
+        assert entry["chosen"]["top1"] == choose([r["val"] for r in entry["sweep"]], "top1")
+        assert set(entry["test"]["top1"]) == {"1", "2"}
+        for row in entry["sweep"]:
+            assert row["dir"].startswith("seed0/")
+            stored = yaml.safe_load((out / row["dir"] / "config.yaml").read_text())
+            assert stored["objective"]["name"] == ("forward_kl" if name == "scratch" else name)
+            assert stored["output"]["save_student"] is False
+    bdkd_setting = report["entries"]["bdkd"]["sweep"][0]["setting"]
+    assert set(bdkd_setting) <= {"temperature", "rule", "low", "high"}
+    assert set(report["teacher"]) == {"1", "2"} and "perplexity" in report["teacher"]["1"]
+    assert "perplexity" in (out / "report.md").read_text()
+    fails(args[:3] + ["forward_kll"] + args[4:], capsys, "did you mean 'forward_kl'")

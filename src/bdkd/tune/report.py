@@ -28,6 +28,7 @@ TEST_COLUMNS = [
     ("ece", "ECE %", 100, 2, "min"),
     ("nll", "NLL", 1, 4, "min"),
     ("brier", "Brier", 1, 4, "min"),
+    ("perplexity", "perplexity", 1, 2, "min"),
     ("aurc", "AURC", 1, 4, "min"),
     ("ece_after_ts", "ECE after TS %", 100, 2, "min"),
     ("temperature", "fitted T", 1, 2, ""),
@@ -301,7 +302,7 @@ def _figure(out: Path, data: Mapping[str, Any]) -> str | None:
         if run is None or not (out / run / "summary.json").is_file():
             continue
         summary = json.loads((out / run / "summary.json").read_text())
-        pred = out / run / "predictions" / f"{summary['deployed']}.npz"
+        pred = out / run / "predictions" / f"{summary.get('deployed', 'student')}.npz"
         if not pred.is_file():
             continue
         try:

@@ -22,7 +22,14 @@ from bdkd.files import make_dirs, write_json
 from bdkd.tune.backends import TuneError, execute, make_backend
 from bdkd.tune.select import SELECT, Sweep, choose, test_metrics, val_metrics
 from bdkd.tune.spaces import Space, SpaceError, read_spaces, resolve_methods
-from bdkd.tune.trials import Trial, finished, method_trial, teacher_trial
+from bdkd.tune.trials import (
+    Trial,
+    finished,
+    is_llm_config,
+    method_trial,
+    teacher_trial,
+    token_trial,
+)
 
 __all__ = ["SELECTION_SEED", "TuneOptions", "plan_check", "run_tune"]
 
@@ -75,13 +82,24 @@ def plan_check(config: Mapping[str, Any], opts: TuneOptions) -> list[Space]:
     from bdkd.config import validate
 
     _check_options(opts)
+    tokens = is_llm_config(config)
     try:
-        spaces = resolve_methods(opts.methods, read_spaces(opts.spaces))
+        spaces = resolve_methods(opts.methods, read_spaces(opts.spaces, tokens), tokens)
         for space in spaces:
             if space.kind != "scratch" and space.axes and space.size != 1:
                 space.settings(opts.budget)
     except SpaceError as err:
         raise TuneError(str(err)) from None
+    if tokens:
+        from bdkd.llm.config import validate_llm_config
+
+        llm = validate_llm_config(copy.deepcopy(dict(config)))
+        if not llm.data.val_size and not llm.data.val_files:
+            raise TuneError(
+                "tune: config key 'data.val_size' is 0 and data.val_files is empty; a tune "
+                "chooses on a validation split"
+            )
+        return spaces
     cfg = validate(copy.deepcopy(dict(config)))
     nets = set(cfg.networks)
     if "student" not in nets:
@@ -105,7 +123,8 @@ class Tune:
         self.config, self.opts, self.spaces = dict(config), opts, spaces
         self.out = opts.out.resolve()
         self.report_seeds = list(range(1, opts.seeds + 1))
-        self.cache = opts.teacher_cache and self._cacheable()
+        self.tokens = is_llm_config(config)
+        self.cache = opts.teacher_cache and not self.tokens and self._cacheable()
         offline = any(s.kind == "offline" for s in spaces)
         self.teachers: dict[int, Trial | None] = {
             seed: teacher_trial(self.out, config, seed) if offline else None
@@ -125,6 +144,8 @@ class Tune:
         return bool(for_dataset(load_splits(cfg).info).supports_logit_cache)
 
     def _trial(self, space: Space, setting: Mapping[str, Any], seed: int, role: str) -> Trial:
+        if self.tokens:
+            return token_trial(self.out, self.config, space, setting, seed, role)
         return method_trial(
             self.out,
             self.config,
@@ -201,6 +222,10 @@ class Tune:
             for seed, t in self.teachers.items()
             if t is not None and seed in self.report_seeds and finished(t.dir)
         }
+        if self.tokens and "scratch" in entries:  # the frozen teacher, measured in each run
+            for seed, d in entries["scratch"]["report_dirs"].get(self.opts.select[0], {}).items():
+                if finished(self.out / d):
+                    teachers[seed] = test_metrics(self.out / d, "teacher")
         return {
             "protocol": {
                 "selection_seed": SELECTION_SEED,
@@ -209,6 +234,7 @@ class Tune:
                 "search": self.opts.search,
                 "select": list(self.opts.select),
                 "teacher_cache": self.cache,
+                "task": "tokens" if self.tokens else "images",
                 "command": self.opts.command,
             },
             "teacher": teachers,

@@ -34,23 +34,26 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The deployed network's test metrics (the run's summary)."""
+def test_metrics(run_dir: str | Path, network: str | None = None) -> dict[str, float]:
+    """Network ``network``'s test metrics (default: the deployed one; an LLM run's
+    student)."""
     s = _summary(Path(run_dir))
-    return dict(s["results"][s["deployed"]])
+    return dict(s["results"][network or s.get("deployed", "student")])
 
 
 def val_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The deployed network's validation metrics at the run's last validation, with AURC
-    from its saved validation logits where it has them."""
+    """The deployed network's validation metrics at the run's last validation (an LLM run's
+    student), with AURC from its saved validation logits where it has them."""
     run_dir = Path(run_dir)
     s = _summary(run_dir)
-    deployed = s["deployed"]
+    deployed = s.get("deployed", "student")
     values: dict[str, float] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if deployed in (record.get("val") or {}):
-            values = dict(record["val"][deployed])
+        val = (json.loads(line) if line.strip() else {}).get("val") or {}
+        if isinstance(val.get(deployed), dict):
+            values = dict(val[deployed])
+        elif "nll" in val:  # an LLM run: the student's metrics, flat
+            values = {k: v for k, v in val.items() if isinstance(v, (int, float))}
     if not values:
         raise ValueError(f"run {run_dir} has no validation metrics (data.val_size is 0?)")
     pred = run_dir / "predictions" / f"{deployed}.npz"

@@ -16,6 +16,7 @@ replaces a method's space, or adds a variant: an entry with ``method:`` (``bdkd_
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import random
@@ -24,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bdkd.distillers import method_hparams, method_kind
-from bdkd.hparams import HParamError, check_values
+from bdkd.hparams import HParam, HParamError, Range, check_values
 
 __all__ = [
     "DEFAULT_SPACES",
+    "TOKEN_SPACES",
     "Axis",
     "Space",
     "SpaceError",
@@ -62,6 +64,20 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "scratch": {},
 }
 
+TOKEN_SPACES: dict[str, dict[str, Any]] = {
+    "forward_kl": {"temperature": [0.5, 1.0, 2.0], "ce_weight": [0.0, 0.5]},
+    "reverse_kl": {"temperature": [0.5, 1.0, 2.0], "ce_weight": [0.0, 0.5]},
+    "total_variation": {"temperature": [0.5, 1.0, 2.0], "ce_weight": [0.0, 0.5]},
+    "js_divergence": {"temperature": [1.0, 2.0], "beta": [0.1, 0.5, 0.9]},
+    "skew_forward_kl": {"temperature": [1.0, 2.0], "skew": [0.1, 0.3, 0.5]},
+    "skew_reverse_kl": {"temperature": [1.0, 2.0], "skew": [0.1, 0.3, 0.5]},
+    "ab_divergence": {"temperature": [0.5, 1.0, 2.0], "alpha,beta": [[0.8, 0.3], [0.5, 0.5]]},
+    "bdkd": {"temperature": [0.5, 1.0, 2.0], "rule": ["hard"], "low": [1.0], "high": [2.0, 3.0]},
+    "scratch": {},
+}
+"""The token objectives' defaults (``bdkd tune`` on an ``llm-distill`` config): six
+settings each; ``scratch`` is the student trained on next-token cross-entropy alone."""
+
 
 LABELS = {
     "scratch": "student alone",
@@ -77,12 +93,50 @@ LABELS = {
     "dml": "DML",
     "kdcl": "KDCL",
     "bdkd": "BD-KD",
+    "forward_kl": "forward KL",
+    "reverse_kl": "reverse KL",
+    "total_variation": "total variation",
+    "js_divergence": "JSD",
+    "skew_forward_kl": "skew forward KL",
+    "skew_reverse_kl": "skew reverse KL",
+    "ab_divergence": "AB divergence",
 }
 """How reports name each method."""
 
 
 class SpaceError(ValueError):
     """A search space that cannot be searched (one line naming the method and the axis)."""
+
+
+def _token_hparams(method: str) -> dict[str, HParam]:
+    from bdkd.losses import TOKEN_OBJECTIVES
+
+    if method == "scratch":
+        return {}
+    if method not in TOKEN_OBJECTIVES:
+        close = difflib.get_close_matches(method, list(TOKEN_OBJECTIVES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown token objective {method!r}{hint}; available: {sorted(TOKEN_OBJECTIVES)}"
+        )
+    weights = {
+        k: HParam(k, float, d, Range(ge=0))
+        for k, d in (("ce_weight", 0.0), ("distill_weight", 1.0))
+    }
+    return {**TOKEN_OBJECTIVES[method].hparams, **weights}
+
+
+def kind_of(method: str, tokens: bool) -> str:
+    """``tokens`` (a token objective from a frozen teacher), ``scratch``, or for images the
+    distiller's kind (:func:`bdkd.distillers.method_kind`)."""
+    if not tokens:
+        return method_kind(method)
+    _token_hparams(method)
+    return "scratch" if method == "scratch" else "tokens"
+
+
+def hparams_of(method: str, tokens: bool) -> dict[str, HParam]:
+    return _token_hparams(method) if tokens else method_hparams(method)
 
 
 @dataclass(frozen=True)
@@ -120,10 +174,11 @@ class Space:
     method: str
     label: str
     axes: tuple[Axis, ...] = field(default_factory=tuple)
+    tokens: bool = False
 
     @property
     def kind(self) -> str:
-        return method_kind(self.method)
+        return kind_of(self.method, self.tokens)
 
     @property
     def size(self) -> float:
@@ -208,7 +263,7 @@ def _axis(name: str, key: str, values: Any) -> Axis:
 
 def _check(space: Space) -> None:
     """Every value of every axis inside the method's declared ranges."""
-    declared = method_hparams(space.method)
+    declared = hparams_of(space.method, space.tokens)
     for axis in space.axes:
         for key in axis.keys:
             if key not in declared:
@@ -231,8 +286,11 @@ def _check(space: Space) -> None:
                 ) from None
 
 
-def make_space(name: str, entry: Mapping[str, Any] | None, *, method: str | None = None) -> Space:
-    """A checked :class:`Space` from its YAML form (see the module docstring)."""
+def make_space(
+    name: str, entry: Mapping[str, Any] | None, *, method: str | None = None, tokens: bool = False
+) -> Space:
+    """A checked :class:`Space` from its YAML form (see the module docstring); ``tokens``:
+    of a token objective (an ``llm-distill`` config)."""
     entry = dict(entry or {})
     label = LABELS.get(name, name)
     if "space" in entry or "method" in entry:
@@ -245,22 +303,24 @@ def make_space(name: str, entry: Mapping[str, Any] | None, *, method: str | None
         method = method or name
         axes_data = entry
     try:
-        method_kind(method)
+        kind_of(method, tokens)
     except ValueError as err:
         raise SpaceError(f"tune: {err}") from None
     if not isinstance(axes_data, Mapping):
         raise SpaceError(f"tune: space of {name!r}: expected a mapping of axes")
-    space = Space(name, method, label, tuple(_axis(name, str(k), v) for k, v in axes_data.items()))
+    axes = tuple(_axis(name, str(k), v) for k, v in axes_data.items())
+    space = Space(name, method, label, axes, tokens)
     _check(space)
     return space
 
 
-def default_space(method: str) -> Space:
-    """The default space of ``method``: :data:`DEFAULT_SPACES`, else its declared ranges'
-    ``space`` values; a method with neither cannot be tuned without a space file."""
-    if method in DEFAULT_SPACES:
-        return make_space(method, DEFAULT_SPACES[method])
-    declared = method_hparams(method)
+def default_space(method: str, tokens: bool = False) -> Space:
+    """The default space of ``method``: :data:`DEFAULT_SPACES` (:data:`TOKEN_SPACES`), else
+    its declared ranges' ``space`` values; a method with neither needs a space file."""
+    defaults = TOKEN_SPACES if tokens else DEFAULT_SPACES
+    if method in defaults:
+        return make_space(method, defaults[method], tokens=tokens)
+    declared = hparams_of(method, tokens)
     axes = {k: list(hp.space) for k, hp in declared.items() if hp.space}
     required = [k for k, hp in declared.items() if hp.required and k not in axes]
     if not axes or required:
@@ -268,19 +328,21 @@ def default_space(method: str) -> Space:
             f"tune: method {method!r} has no default search space; give one with --space FILE "
             f"({method}: {{hyper-parameter: [values]}})"
         )
-    return make_space(method, axes)
+    return make_space(method, axes, tokens=tokens)
 
 
-def read_spaces(data: Mapping[str, Any] | None) -> dict[str, Space]:
+def read_spaces(data: Mapping[str, Any] | None, tokens: bool = False) -> dict[str, Space]:
     """The spaces of a ``--space`` file: entry name -> :class:`Space`."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise SpaceError("tune: a space file is a mapping of method (or variant) names")
-    return {str(name): make_space(str(name), entry) for name, entry in data.items()}
+    return {str(n): make_space(str(n), e, tokens=tokens) for n, e in data.items()}
 
 
-def resolve_methods(names: list[str], user: Mapping[str, Space]) -> list[Space]:
+def resolve_methods(
+    names: list[str], user: Mapping[str, Space], tokens: bool = False
+) -> list[Space]:
     """The spaces of ``names`` (user's first, then the defaults); ``scratch`` (the student
     trained alone, every comparison's reference) is always among them, first."""
     out: list[Space] = []
@@ -289,10 +351,10 @@ def resolve_methods(names: list[str], user: Mapping[str, Space]) -> list[Space]:
             out.append(user[name])
             continue
         try:
-            method_kind(name)
+            kind_of(name, tokens)
         except ValueError as err:
             raise SpaceError(f"tune: --methods: {err}") from None
-        out.append(default_space(name))
+        out.append(default_space(name, tokens))
     if len({s.name for s in out}) != len(out):
         raise SpaceError(f"tune: --methods names a method twice: {names}")
     return out

@@ -23,7 +23,16 @@ from typing import Any
 from bdkd.files import make_dirs
 from bdkd.tune.spaces import Space
 
-__all__ = ["Trial", "config_hash", "finished", "method_trial", "run_trial", "teacher_trial"]
+__all__ = [
+    "Trial",
+    "config_hash",
+    "finished",
+    "is_llm_config",
+    "method_trial",
+    "run_trial",
+    "teacher_trial",
+    "token_trial",
+]
 
 
 @dataclass
@@ -45,6 +54,11 @@ class Trial:
         run = Path(self.dir)
         log = run.parents[1] / "logs" / f"{run.parent.name}-{run.name}.log"
         return {"dir": self.dir, "config": self.config, "threads": threads, "log": str(log)}
+
+
+def is_llm_config(config: Mapping[str, Any]) -> bool:
+    """An ``llm-distill`` config (sections teacher, student, objective) or an image one."""
+    return any(k in config for k in ("teacher", "student", "objective"))
 
 
 def config_hash(config: Mapping[str, Any], out: Path | None = None) -> str:
@@ -132,6 +146,37 @@ def method_trial(
     )
 
 
+OBJECTIVE_TOP = ("temperature", "ce_weight", "distill_weight")
+"""Keys of an ``llm-distill`` objective set beside its name; the others go to ``params``."""
+
+
+def token_trial(
+    out: Path,
+    config: Mapping[str, Any],
+    space: Space,
+    setting: Mapping[str, Any],
+    seed: int,
+    role: str,
+) -> Trial:
+    """One setting of one token objective on one seed (an ``llm-distill`` run; its student
+    is not saved: rerun the chosen setting with ``llm-distill`` to keep one). ``scratch`` is
+    the student on next-token cross-entropy alone."""
+    cfg = _base(config, seed)
+    if space.kind == "scratch":
+        objective: dict[str, Any] = {"name": "forward_kl", "ce_weight": 1.0, "distill_weight": 0.0}
+    else:
+        kept = {k: v for k, v in dict(config.get("objective") or {}).items() if k in OBJECTIVE_TOP}
+        objective = {**kept, "name": space.method}
+        objective.update({k: v for k, v in setting.items() if k in OBJECTIVE_TOP})
+        params = {k: v for k, v in setting.items() if k not in OBJECTIVE_TOP}
+        if params:
+            objective["params"] = copy.deepcopy(params)
+    cfg["objective"] = objective
+    cfg["output"] = {**cfg.get("output", {}), "save_student": False}
+    name = f"{space.name}-{config_hash(cfg, out)}"
+    return Trial(str(out / f"seed{seed}" / name), cfg, seed, role, space.name, dict(setting))
+
+
 def run_trial(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Train one trial in this process: reuse a finished run, resume a killed one. Returns
     its directory, wall-clock seconds and whether it was reused."""
@@ -144,11 +189,17 @@ def run_trial(spec: Mapping[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["dir"])
     if finished(run_dir):
         return {"dir": str(run_dir), "seconds": 0.0, "reused": True}
-    cfg = validate(copy.deepcopy(spec["config"]))
+    data = copy.deepcopy(spec["config"])
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     started = time.perf_counter()
     with _output_to(spec.get("log")):
-        Trainer(cfg, run_dir, resume=resume, force=not resume).fit()
+        if is_llm_config(data):
+            from bdkd.llm.config import validate_llm_config
+            from bdkd.llm.trainer import run_llm_distill
+
+            run_llm_distill(validate_llm_config(data), run_dir, resume=resume, force=not resume)
+        else:
+            Trainer(validate(data), run_dir, resume=resume, force=not resume).fit()
     return {"dir": str(run_dir), "seconds": time.perf_counter() - started, "reused": False}
 
 
