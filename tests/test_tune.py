@@ -202,12 +202,24 @@ def test_a_killed_tune_continues_to_the_same_report(local_tune, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the tune finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must die with it
     proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _group_alive(proc.pid):
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "a trial outlived its killed driver"
     assert not (out / "report.json").exists()
     assert main(tune_args(out, "--backend", "local")) == 0
     again = json.loads((out / "report.json").read_text())
     assert numbers(again) == numbers(_first_report(local_tune, {}))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(

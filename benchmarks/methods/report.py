@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import spec as S
@@ -28,84 +27,40 @@ PAIRED = [
 ]
 
 
-def _summary(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _rule(select: str) -> str:
+    return next(rule for rule, (sel, _, _) in S.SELECTIONS.items() if sel == select)
 
 
-def _test(run_dir: Path) -> dict | None:
-    s = _summary(run_dir)
-    return None if s is None else s["results"][s["deployed"]]
-
-
-def _val(run_dir: Path) -> dict | None:
-    s = _summary(run_dir)
-    if s is None:
-        return None
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    return last["val"][s["deployed"]]
-
-
-def _seeds(runs: Path, regime: int, name: str, fn=_test) -> dict[int, dict]:  # noqa: ANN001
-    out = {}
-    for seed in S.REPORT_SEEDS:
-        value = fn(runs / f"regime{regime}" / f"seed{seed}" / name)
-        if value is not None:
-            out[seed] = value
-    return out
-
-
-def collect(runs: Path, regime: int) -> dict:
-    """Every finished run of a regime: sweeps, chosen settings, per-seed test metrics."""
-    sweep_dir = runs / f"regime{regime}" / f"seed{S.SELECTION_SEED}"
+def collect(regime: int, data: dict, ablations: dict | None) -> dict:
+    """A regime's tables from its tune's report data (and its ablations' tune): sweeps
+    (seed 0, validation), chosen settings, per-seed test metrics (report seeds)."""
     out: dict = {
         "title": S.REGIMES[regime]["title"],
-        "teacher": _seeds(runs, regime, "teacher"),
+        "teacher": data.get("teacher", {}),
         "methods": {},
         "ablations": {},
     }
-    for method in S.REGIME_METHODS[regime]:
-        m = S.METHODS[method]
-        entry: dict = {
+    for name, e in data["entries"].items():
+        m = S.METHODS[name]
+        out["methods"][name] = {
             "label": m["label"],
             "knob": m["knob"],
-            "sweep": [],
-            "chosen": {},
-            "seeds": {},
+            "sweep": [
+                {"index": i, "spec": row["setting"], "val": row["val"], "dir": row["dir"]}
+                for i, row in enumerate(e["sweep"])
+            ],
+            "chosen": {_rule(sel): i for sel, i in e["chosen"].items()},
+            "seeds": {_rule(sel): runs for sel, runs in e["test"].items()},
+            "report_dirs": {_rule(sel): d for sel, d in e["report_dirs"].items()},
         }
-        if m["kind"] == "scratch":
-            seeds = _seeds(runs, regime, "scratch-0")
-            vals = _seeds(runs, regime, "scratch-0", _val)
-            for rule in S.SELECTIONS:
-                entry["chosen"][rule] = 0
-                entry["seeds"][rule] = seeds
-                entry.setdefault("val", {})[rule] = vals
-            entry["sweep"] = [{"index": 0, "spec": m["grid"][0], "val": None}]
-            out["methods"][method] = entry
+    for name, e in (ablations or {"entries": {}})["entries"].items():
+        if name == "scratch" or "top1" not in e["test"]:
             continue
-        for i, setting in enumerate(m["grid"]):
-            entry["sweep"].append(
-                {"index": i, "spec": setting, "val": _val(sweep_dir / f"{method}-{i}")}
-            )
-        if all(row["val"] is not None for row in entry["sweep"]):
-            for rule, (_, direction) in S.SELECTIONS.items():
-                sign = -1.0 if direction == "max" else 1.0
-                best = min(
-                    range(len(m["grid"])), key=lambda i: (sign * entry["sweep"][i]["val"][rule], i)
-                )
-                entry["chosen"][rule] = best
-                entry["seeds"][rule] = _seeds(runs, regime, f"{method}-{best}")
-                entry.setdefault("val", {})[rule] = _seeds(runs, regime, f"{method}-{best}", _val)
-        out["methods"][method] = entry
-    bdkd = out["methods"].get(S.BDKD, {})
-    if regime == 1 and "accuracy" in bdkd.get("chosen", {}):
-        chosen_spec = S.METHODS[S.BDKD]["grid"][bdkd["chosen"]["accuracy"]]
-        for name, ab in S.ablations(chosen_spec).items():
-            out["ablations"][name] = {
-                "label": ab["label"],
-                "spec": ab["spec"],
-                "seeds": _seeds(runs, regime, f"ablation-{name}"),
-            }
+        out["ablations"][name] = {
+            "label": e["label"],
+            "spec": e["sweep"][0]["setting"] if e["sweep"] else {},
+            "seeds": e["test"]["top1"],
+        }
     return out
 
 
@@ -150,17 +105,18 @@ def _adjusted_texts(rows: list[list]) -> list[list[str]]:
 
 
 def strongest_baseline(data: dict, rule: str) -> str | None:
-    """The baseline (not BD-KD) with the best mean validation value of the rule's metric over
-    the report seeds: chosen on validation, never on test."""
-    _, direction = S.SELECTIONS[rule]
+    """The baseline (not BD-KD) whose chosen setting has the best validation value of the
+    rule's metric on the selection seed (seed 0): the split and the seed that chose the
+    settings, never a report seed and never the test split."""
+    _, _, direction = S.SELECTIONS[rule]
     best, best_value = None, None
     for method, entry in data["methods"].items():
-        if method.startswith("bdkd") or rule not in entry.get("val", {}):
+        if method.startswith("bdkd") or rule not in entry.get("chosen", {}):
             continue
-        vals = [v[rule] for v in entry["val"][rule].values()]
-        if not vals:
+        val = entry["sweep"][entry["chosen"][rule]]["val"]
+        if val is None or rule not in val:
             continue
-        value = sum(vals) / len(vals)
+        value = val[rule]
         better = best_value is None or (
             value > best_value if direction == "max" else value < best_value
         )
@@ -172,7 +128,7 @@ def strongest_baseline(data: dict, rule: str) -> str | None:
 def regime_tables(data: dict, regime: int) -> list[str]:
     lines = [f"## {data['title']}", ""]
     teacher = data["teacher"]
-    for rule, (rule_name, _) in S.SELECTIONS.items():
+    for rule, (_, rule_name, _) in S.SELECTIONS.items():
         lines += [
             f"### Settings chosen by validation {rule_name}"
             + (" (the main table)" if rule == "accuracy" else ""),
@@ -181,13 +137,13 @@ def regime_tables(data: dict, regime: int) -> list[str]:
             "|---|---|---|" + "---|" * len(METRICS),
             _row("teacher (alone)", "–", teacher),
         ]
-        for method, entry in data["methods"].items():
+        for entry in data["methods"].values():
             if rule not in entry["chosen"]:
                 lines.append(
                     f"| {entry['label']} | (sweep unfinished) | 0 |" + " – |" * len(METRICS)
                 )
                 continue
-            setting = S.setting_label(S.METHODS[method]["grid"][entry["chosen"][rule]])
+            setting = S.setting_label(entry["sweep"][entry["chosen"][rule]]["spec"])
             lines.append(_row(entry["label"], setting, entry["seeds"][rule]))
         reference = data["methods"].get(S.BDKD)
         if reference and rule in reference["seeds"]:
@@ -196,7 +152,8 @@ def regime_tables(data: dict, regime: int) -> list[str]:
                 "",
                 f"Paired differences, BD-KD (hard) minus each method, over the report seeds "
                 f"(mean [95 % CI], paired t-test p, Holm-adjusted over the {len(data['methods']) - 1} "
-                f"comparisons of each column). Strongest baseline by validation {rule_name}: "
+                f"comparisons of each column). Strongest baseline by seed {S.SELECTION_SEED}'s "
+                f"validation {rule_name} (at its chosen setting): "
                 f"**{data['methods'][strongest]['label'] if strongest else '–'}**.",
                 "",
                 "| BD-KD (hard) minus | seeds | " + " | ".join(p[1] for p in PAIRED) + " |",
@@ -266,46 +223,66 @@ def regime_tables(data: dict, regime: int) -> list[str]:
     return lines
 
 
-def cpu_hours(runs: Path, ledger: Path) -> tuple[float, float]:
-    """(wall-clock of the jobs in the ledger, one thread each; the runs' own training time)."""
-    wall = 0.0
-    if ledger.is_file():
-        wall = sum(json.loads(line)["seconds"] for line in ledger.read_text().splitlines() if line)
-    training = 0.0
-    for path in runs.glob("regime*/seed*/*/summary.json"):
-        s = json.loads(path.read_text())
-        training += s["seconds_per_epoch"] * s["epochs"]
-    return wall / 3600, training / 3600
+def hours(runs: Path, regimes: list[int]) -> float:
+    """Core-hours of the trials these regimes' tunes trained (their ledgers; one thread
+    each)."""
+    total = 0.0
+    for regime in regimes:
+        ledger = runs / f"regime{regime}" / "ledger.jsonl"
+        if ledger.is_file():
+            lines = ledger.read_text().splitlines()
+            total += sum(json.loads(line)["seconds"] for line in lines if line.strip())
+    return total / 3600
 
 
-def write(
-    runs: Path, regimes: list[int], md: Path, raw_path: Path, ledger: Path, *, smoke: bool
-) -> None:
+def write(runs: Path, results: dict, md: Path, raw_path: Path, *, smoke: bool) -> None:
+    """The page and the raw numbers: the regimes run now, and from ``raw_path`` the regimes
+    an earlier invocation wrote (so ``--regimes 4`` keeps the other regimes' tables)."""
     raw = {
         "protocol": {
             "temperatures": list(S.TEMPERATURES),
             "selection_seed": S.SELECTION_SEED,
             "report_seeds": list(S.REPORT_SEEDS),
-            "selections": {k: v[1] for k, v in S.SELECTIONS.items()},
+            "selections": {k: v[2] for k, v in S.SELECTIONS.items()},
+            "runner": "bdkd tune (benchmarks/methods/run.py)",
         },
         "regimes": {},
+        "core_hours": {},
     }
-    for regime in regimes:
-        raw["regimes"][str(regime)] = collect(runs, regime)
-    wall, training = cpu_hours(runs, ledger)
-    raw["core_hours"] = {"jobs_wall_clock": wall, "training_only": training}
+    if raw_path.is_file():
+        old = json.loads(raw_path.read_text())
+        raw["regimes"].update(old.get("regimes", {}))
+        raw["core_hours"].update(old.get("core_hours_by_regime", {}))
+        before = old.get("core_hours_before_tune") or old.get("core_hours", {})
+        if "jobs_wall_clock" in before:  # regimes 1-3 as the runner before bdkd tune ran them
+            raw["core_hours_before_tune"] = before
+    for regime, (data, ablations) in results.items():
+        raw["regimes"][str(regime)] = collect(regime, data, ablations)
+        raw["core_hours"][str(regime)] = hours(runs, [regime])
+        if "core_hours_before_tune" in raw and not smoke:
+            raw["core_hours_before_tune"].setdefault("superseded_regimes", []).append(regime)
+    regimes = sorted(int(r) for r in raw["regimes"])
+    raw["core_hours_by_regime"] = raw.pop("core_hours")
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps(raw, indent=1) + "\n")
-    cmd = " ".join(
-        ["python benchmarks/methods/run.py", *[a for a in sys.argv[1:] if a != "--report-only"]]
+    by_regime = raw["core_hours_by_regime"]
+    spent = ", ".join(
+        f"regime {r}: {by_regime[str(r)]:.1f}" for r in regimes if by_regime.get(str(r))
     )
+    if "core_hours_before_tune" in raw:
+        old_hours = raw["core_hours_before_tune"]["jobs_wall_clock"]
+        spent = (spent + "; " if spent else "") + (
+            f"{old_hours:.1f} for the regimes last run by the runner before bdkd tune, with "
+            "the same protocol, spaces and seeds"
+        )
     lines = [
         "# Fashion-MNIST: every method with the same tuning budget",
         "",
-        f"Generated by `{cmd}` (tables alone: add `--report-only`) on a 2-core CPU machine: "
-        f"{wall:.1f} core-hours of jobs (one thread each, two side by side; {training:.1f} h of it "
-        "training, the rest evaluation). Every number is on the test split (10,000 images), last "
-        "epoch, mean ± sample std over seeds 1-5; the test split never chose anything.",
+        "Generated by `python benchmarks/methods/run.py [--regimes N ...]` (tables alone: add "
+        "`--report-only`), a thin user of `bdkd tune` (docs/tune.md), on a 2-core CPU machine; "
+        f"core-hours of trials (one thread each, two side by side): {spent}. Every number is on "
+        "the test split (10,000 images), last epoch, mean ± sample std over seeds 1-5; the test "
+        "split never chose anything.",
         "",
         "**Protocol.** Every method gets the same budget: six settings, its temperature over "
         "{1, 2, 4} times two values of its one main knob (listed in the sweep tables; USKD has no "
@@ -313,21 +290,24 @@ def write(
         "tune). All six are trained on seed 0 and one is chosen on the validation split, by top-1 "
         "for the main tables and by NLL for the second ones. The chosen settings are then trained "
         "on seeds 1-5, which are the only runs reported: no run that chose a setting is in a table. "
-        "A seed fixes the data split, the batch order and every initialisation, so two methods on "
-        "the same seed are paired; differences come with a 95 % paired-t interval and a p-value, "
-        "Holm-adjusted over the comparisons in a column. ECE uses 15 bins; 'ECE after TS' and "
-        "'fitted T' come from a temperature fitted on the validation split (above 1: the network "
-        "was over-confident). Configs: `benchmarks/methods/configs/`, methods and grids: "
-        "`benchmarks/methods/spec.py`; raw per-seed numbers and settings: "
-        "`benchmarks/results/methods_fashion_mnist.json`.",
+        "Every other choice on this page (the strongest baseline, the figure's picks) is also made "
+        "on seed 0's validation split. A seed fixes the data split, the batch order and every "
+        "initialisation, so two methods on the same seed are paired; differences come with a 95 % "
+        "paired-t interval and a p-value, Holm-adjusted over the comparisons in a column. ECE uses "
+        "15 bins; 'ECE after TS' and 'fitted T' come from a temperature fitted on the validation "
+        "split (above 1: the network was over-confident). Configs: "
+        "`benchmarks/methods/configs/`, methods and spaces: `benchmarks/methods/spec.py`; raw "
+        "per-seed numbers and settings: `benchmarks/results/methods_fashion_mnist.json`.",
         "",
     ]
     figure = None
     for regime in regimes:
         data = raw["regimes"][str(regime)]
         lines += regime_tables(data, regime)
-        if regime == 1 and not smoke:
+        if regime == 1 and 1 in results and not smoke:
             figure = _figure(runs, data, md)
+    if figure is None and not smoke and md.with_name(md.stem + "_reliability.png").is_file():
+        figure = md.with_name(md.stem + "_reliability.png")
     if figure is not None:
         lines += [f"![reliability diagrams of the students (regime 1, seed 1)]({figure.name})", ""]
     if md.is_file() and "\n## Reading" in md.read_text():
@@ -337,14 +317,15 @@ def write(
 
 
 def _figure(runs: Path, data: dict, md: Path) -> Path | None:
-    seed = S.REPORT_SEEDS[0]
+    """The students of seed 1 (report seed): alone, KD, DML, the strongest baseline (chosen
+    on seed 0's validation) and BD-KD (hard)."""
+    seed = str(S.REPORT_SEEDS[0])
     picks = []
     for method in ("scratch", "kd", "dml", strongest_baseline(data, "accuracy"), S.BDKD):
         entry = data["methods"].get(method or "")
-        if entry is None or "accuracy" not in entry["chosen"]:
+        if entry is None or "accuracy" not in entry["report_dirs"]:
             continue
-        name = "scratch-0" if method == "scratch" else f"{method}-{entry['chosen']['accuracy']}"
-        run = runs / "regime1" / f"seed{seed}" / name
+        run = runs / "regime1" / entry["report_dirs"]["accuracy"][seed]
         if (run / "summary.json").is_file() and run not in picks:
             picks.append(run)
     if not picks:

@@ -37,7 +37,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         spaces=spaces,
         command="bdkd " + " ".join(shlex.quote(a) for a in args.argv),
     )
-    data = run_tune(data, opts, log=lambda line: print(line, file=sys.stderr, flush=True))
+    data = run_tune(
+        data,
+        opts,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        train=not args.report_only,
+    )
     select = opts.select[0]
     print(data["reading"][select])
     print(f"report written to {out / 'report.md'} (report.json, reliability.png)")
@@ -95,5 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-teacher-cache",
         action="store_true",
         help="recompute the frozen teacher's logits in every offline trial",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: the report of the runs --out holds so far",
     )
     p.set_defaults(func=cmd_tune)

@@ -8,6 +8,7 @@ run directories must then be on a file system every node sees (the tune's ``--ou
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -52,6 +53,18 @@ class Backend:
         """Release the workers."""
 
 
+def _die_with_parent() -> None:
+    """A worker is killed with its driver (Linux), so that a killed tune never leaves a
+    trial running that a rerun would start again in the same directory."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class LocalBackend(Backend):
     """A pool of ``workers`` fresh processes (spawned, so nothing of the driver leaks in)."""
 
@@ -60,7 +73,9 @@ class LocalBackend(Backend):
     def __init__(self, workers: int, threads: int) -> None:
         self.slots, self.threads = workers, threads
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        )
 
     def submit(self, spec: dict[str, Any]) -> Future:
         return self.pool.submit(run_trial, spec)

@@ -269,8 +269,9 @@ def _markdown(data: Mapping[str, Any], figure: str | None) -> str:
         + f"; the chosen settings were trained on seeds {seeds[0]}–{seeds[-1]}, the only runs "
         "below the sweeps. Test numbers: mean ± sample std over those seeds; the test split "
         "chose nothing. Paired differences: mean [95 % t interval], Holm-adjusted p over the "
-        f"entries of a column. Backend: {p.get('backend', '?')}; wall-clock "
-        f"{data.get('wall_seconds', 0) / 60:.1f} min.",
+        f"entries of a column. Backend: {p.get('backend', '?')}; the trials took "
+        f"{data.get('trial_seconds', 0) / 60:.1f} min together (summed over trials), this "
+        f"invocation {data.get('wall_seconds', 0) / 60:.1f} min.",
         "",
         *_sweep_lines(data),
     ]

@@ -12,6 +12,7 @@ logits cached once per seed.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -267,36 +268,65 @@ def run_tune(
     *,
     log: Callable[[str], None] = print,
     report: bool = True,
+    train: bool = True,
 ) -> dict[str, Any]:
-    """Run (or continue) a tune and write its report; returns the report's data."""
+    """Run (or continue) a tune and write its report; returns the report's data.
+    ``train=False`` trains nothing: the report of what has finished (an unfinished sweep
+    shows as such)."""
     from bdkd.tune.report import write_report
 
     spaces = plan_check(config, opts)
-    backend = make_backend(
-        opts.backend,
-        max_concurrent=opts.max_concurrent,
-        cpus=opts.cpus_per_trial,
-        gpus=opts.gpus_per_trial,
-        address=opts.address,
-    )
     out = opts.out.resolve()
-    try:
-        _open_out(out)
+    started = time.perf_counter()
+    if not train:
+        if not (out / MARKER).is_file():
+            raise TuneError(f"tune: --out {out} holds no tune (no {MARKER}); nothing to report")
         tune = Tune(config, opts, spaces)
-        write_json(
-            out / MARKER,
-            {"config": tune.config, "methods": [s.name for s in spaces], "started": time.time()},
+        while True:  # plan what the finished runs allow, until nothing new
+            before = {t.dir for ts in tune.sweep_trials.values() for t in ts}, dict(tune.chosen)
+            tune.more()
+            after = {t.dir for ts in tune.sweep_trials.values() for t in ts}, dict(tune.chosen)
+            if after == before:
+                break
+        name = "none (report only)"
+    else:
+        backend = make_backend(
+            opts.backend,
+            max_concurrent=opts.max_concurrent,
+            cpus=opts.cpus_per_trial,
+            gpus=opts.gpus_per_trial,
+            address=opts.address,
         )
-        started = time.perf_counter()
+        name = backend.name
+        try:
+            _open_out(out)
+            tune = Tune(config, opts, spaces)
+            write_json(
+                out / MARKER,
+                {
+                    "config": tune.config,
+                    "methods": [s.name for s in spaces],
+                    "started": time.time(),
+                },
+            )
 
-        def stamp(line: str) -> None:
-            log(f"[{time.strftime('%H:%M:%S')}] {line}")
+            def stamp(line: str) -> None:
+                log(f"[{time.strftime('%H:%M:%S')}] {line}")
 
-        stamp(f"tune on the {backend.name} backend ({backend.slots} at a time) -> {out}")
-        execute(backend, tune.initial(), tune.more, out / "ledger.jsonl", stamp)
-    finally:
-        backend.close()
+            stamp(f"tune on the {name} backend ({backend.slots} at a time) -> {out}")
+            execute(backend, tune.initial(), tune.more, out / "ledger.jsonl", stamp)
+        finally:
+            backend.close()
     data = tune.collect()
-    data["protocol"]["backend"] = backend.name
+    data["protocol"]["backend"] = name
     data["wall_seconds"] = time.perf_counter() - started
+    data["trial_seconds"] = _ledger_seconds(out / "ledger.jsonl")
     return write_report(out, data) if report else data
+
+
+def _ledger_seconds(ledger: Path) -> float:
+    """The wall-clock of every trial this tune directory has trained (its ledger)."""
+    if not ledger.is_file():
+        return 0.0
+    lines = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    return float(sum(r.get("seconds", 0.0) for r in lines))

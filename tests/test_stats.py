@@ -1,16 +1,14 @@
-"""The methods benchmark's paired statistics, against scipy and hand-computed values."""
+"""bdkd.stats (the paired statistics of bdkd tune and the benchmarks), against scipy and
+hand-computed values."""
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "methods"))
-
-from stats import holm, paired  # noqa: E402
+from bdkd.stats import holm, paired
 
 
 def test_paired_t_matches_scipy_and_the_formula():
