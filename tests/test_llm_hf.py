@@ -4,6 +4,7 @@ llm-eval, data formats and masks, the Trainer and TRL integrations, LoRA, EOS ma
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,10 +42,12 @@ def test_two_directories_and_a_jsonl_give_a_student_that_loads_and_generates(
         ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.eos_token_id
     )
     assert out.shape[1] > ids.shape[1]
-    # the exported student is the trained one
+    # the exported student is the trained one, its head divided by the fitted temperature
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["networks"]["student"]
+    t = json.loads((run / "summary.json").read_text())["calibration"]["student"]["temperature"]
     for key, value in student.state_dict().items():
-        torch.testing.assert_close(value, state[key])
+        expected = state[key] / t if key == "lm_head.weight" else state[key]
+        torch.testing.assert_close(value, expected)
     # and llm-eval reports on it
     report = tmp_path / "eval"
     args = ["llm-eval", str(run / "student"), "--data", str(qa_jsonl), "--out", str(report)]
@@ -53,6 +56,12 @@ def test_two_directories_and_a_jsonl_give_a_student_that_loads_and_generates(
     assert summary["perplexity"] > 1 and 0 <= summary["ece"] <= 1
     assert "teacher_top1_agreement" in summary["results"]["model"]
     assert "| model |" in (report / "report.md").read_text()
+    # ECE after temperature scaling, cross-fitted over two halves of the rows, and a diagram
+    for name in ("model", "teacher"):
+        row = summary["results"][name]
+        assert 0 <= row["ece_after_ts"] <= 1 and row["temperature"] > 0
+        assert len(summary["calibration"][name]["half_temperatures"]) == 2
+    assert (report / "reliability.png").stat().st_size > 1000
     assert main(args) == 2  # never overwritten without --force
     assert main([*args, "--force"]) == 0
 
@@ -107,6 +116,44 @@ def test_vocabulary_mismatch_names_both_models(
     err = capsys.readouterr().err
     assert str(tiny_lms["teacher"]) in err and str(other) in err and "vocabulary" in err
     assert not (tmp_path / "r").exists()
+
+
+def _padded(source: Path, out: Path, extra: int) -> Path:
+    """``source`` with ``extra`` padding rows in its head and embeddings, made loud (so a
+    distribution that included them would differ): what a model family pads to 64 or 128."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(source))
+    rows = model.get_output_embeddings().weight.shape[0]
+    model.resize_token_embeddings(rows + extra, mean_resizing=False)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[rows:] = 5.0
+    model.save_pretrained(str(out))
+    transformers.AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(out))
+    return out
+
+
+def test_heads_that_differ_only_by_padding_rows_distil_over_the_tokenizers_tokens(
+    tiny_lms, qa_jsonl, tmp_path
+):
+    padded = _padded(tiny_lms["teacher"], tmp_path / "teacher-padded", 128)
+    runs = {}
+    for name, teacher in (("plain", tiny_lms["teacher"]), ("padded", padded)):
+        nets = {"teacher": teacher, "student": tiny_lms["student"]}
+        (tmp_path / name).mkdir()
+        cfg = _contract_config(tmp_path / name, nets, qa_jsonl)
+        runs[name] = tmp_path / name / "run"
+        args = ["llm-distill", str(cfg), "output.save_student=false", "--out", str(runs[name])]
+        assert main([*args, "train.on_policy_fraction=0.5"]) == 0
+    a, b = (json.loads((runs[n] / "summary.json").read_text()) for n in ("plain", "padded"))
+    assert a["vocabulary"]["distilled_over"] is None
+    assert b["vocabulary"]["distilled_over"] == b["vocabulary"]["tokenizer"]
+    # the padding rows are out of the distributions: the same training, the same student
+    sa = torch.load(runs["plain"] / "checkpoints" / "last.pt", weights_only=True)
+    sb = torch.load(runs["padded"] / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in sa["networks"]["student"].items():
+        torch.testing.assert_close(value, sb["networks"]["student"][key], rtol=1e-4, atol=1e-6)
+    for key in ("nll", "accuracy", "ece"):
+        assert a["results"]["student"][key] == pytest.approx(b["results"]["student"][key], rel=1e-4)
+        assert a["results"]["teacher"][key] == pytest.approx(b["results"]["teacher"][key], rel=1e-4)
 
 
 def test_config_is_checked_before_any_model_loads(tiny_llm_config, tmp_path, capsys, monkeypatch):

@@ -24,6 +24,7 @@ from bdkd.calibration.metrics import (
     mce,
     nll,
     reliability_bins,
+    reliability_from_sums,
 )
 from bdkd.calibration.selective import (
     ABSTAIN_ALWAYS,
@@ -76,6 +77,7 @@ __all__ = [
     "nll",
     "prediction_sets",
     "reliability_bins",
+    "reliability_from_sums",
     "risk_coverage",
     "split_for_fitting",
     "temperature_note",

@@ -249,23 +249,32 @@ class ReliabilityBins:
     mean_accuracy: float
 
 
+def reliability_from_sums(sums: Tensor, mean_accuracy: float) -> ReliabilityBins:
+    """:class:`ReliabilityBins` of per-bin sums (``binned_sums``: count, confidence sum,
+    hit sum) accumulated over any number of predictions (tokens, pixels, images);
+    ``mean_accuracy`` is the overall accuracy (empty bins: accuracy 0, confidence the bin's
+    centre)."""
+    s = sums.double().cpu().numpy()
+    n_bins, count = s.shape[0], s[:, 0]
+    n = float(count.sum())
+    centers = (np.arange(n_bins) + 0.5) / n_bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, s[:, 2] / count, 0.0)
+        mean_conf = np.where(count > 0, s[:, 1] / count, centers)
+    return ReliabilityBins(
+        count=count,
+        accuracy=acc,
+        confidence=mean_conf,
+        ece=ece_from_sums(torch.from_numpy(s), n),
+        mean_confidence=float(s[:, 1].sum()) / n if n else 0.0,
+        mean_accuracy=mean_accuracy,
+    )
+
+
 def reliability_bins(probs: ArrayLike, labels: ArrayLike, *, n_bins: int = 15) -> ReliabilityBins:
     """Count, accuracy and mean confidence of each of ``n_bins`` equal-width confidence bins
     (empty bins: accuracy 0, confidence the bin's centre), with the ECE over them."""
     p, y = check_probs(probs, labels)
     n_bins = check_bins(n_bins)
     conf, correct = confidence(p, y)
-    sums = binned_sums(conf, correct, n_bins).numpy()
-    count = sums[:, 0]
-    centers = (np.arange(n_bins) + 0.5) / n_bins
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.where(count > 0, sums[:, 2] / count, 0.0)
-        mean_conf = np.where(count > 0, sums[:, 1] / count, centers)
-    return ReliabilityBins(
-        count=count,
-        accuracy=acc,
-        confidence=mean_conf,
-        ece=ece_from_sums(torch.from_numpy(sums), p.shape[0]),
-        mean_confidence=float(conf.double().mean()),
-        mean_accuracy=float(correct.double().mean()),
-    )
+    return reliability_from_sums(binned_sums(conf, correct, n_bins), float(correct.double().mean()))

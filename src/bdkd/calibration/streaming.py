@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +23,7 @@ from bdkd.calibration.metrics import (
     confidence,
     ece_from_sums,
     mce_from_sums,
+    reliability_from_sums,
 )
 
 __all__ = ["CalibrationAccumulator", "SegmentationAccumulator", "calibration_metrics"]
@@ -264,20 +264,7 @@ class SegmentationAccumulator:
 
     def reliability(self) -> ReliabilityBins:
         """Per-bin statistics of every valid pixel (for reliability diagrams)."""
-        count = self.bins[:, 0].numpy()
-        centers = (np.arange(self.n_bins) + 0.5) / self.n_bins
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = np.where(count > 0, self.bins[:, 2].numpy() / count, 0.0)
-            mean_conf = np.where(count > 0, self.bins[:, 1].numpy() / count, centers)
-        n = float(self.totals[0])
-        return ReliabilityBins(
-            count=count,
-            accuracy=acc,
-            confidence=mean_conf,
-            ece=ece_from_sums(self.bins, n),
-            mean_confidence=float(self.bins[:, 1].sum()) / n,
-            mean_accuracy=float(self.totals[1]) / n,
-        )
+        return reliability_from_sums(self.bins, float(self.totals[1]) / float(self.totals[0]))
 
     def compute(self) -> dict[str, Any]:
         """The metrics over every valid pixel seen (see the class docstring)."""

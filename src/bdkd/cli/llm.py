@@ -64,7 +64,7 @@ def cmd_llm_cache_teacher(args: argparse.Namespace) -> int:
 
 def cmd_llm_eval(args: argparse.Namespace) -> int:
     from bdkd.llm.data import Fields
-    from bdkd.llm.evaluate import evaluate_model
+    from bdkd.llm.eval_model import evaluate_model
 
     summary = evaluate_model(
         args.model,

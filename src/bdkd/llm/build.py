@@ -48,19 +48,22 @@ class Built:
     test: list[Example]
     dropped: int
     pad: int
+    vocab: int | None = None  # the tokenizer's size when the heads differ by padding rows
 
 
-def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
-    """(teacher, student, tokenizer): the student loaded or derived, vocabularies checked,
-    LoRA added when asked. With a teacher cache the teacher is None (it is loaded only when
-    the student is derived from it, then dropped)."""
+def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any, int | None]:
+    """(teacher, student, tokenizer, vocab): the student loaded or derived, vocabularies
+    checked, LoRA added when asked; ``vocab`` is the tokenizer's size when the two heads
+    differ only by padding rows (distillation then runs over those rows alone), else None.
+    With a teacher cache the teacher is None (it is loaded only when the student is derived
+    from it, then dropped)."""
     from bdkd.llm.models import (
         add_lora,
         check_same_tokenizer,
-        check_same_vocabulary,
         load_causal_lm,
         load_tokenizer,
         make_student,
+        shared_vocabulary,
     )
 
     s = cfg.student
@@ -69,16 +72,15 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
         teacher, tokenizer = None, load_tokenizer(cfg.teacher.model)
     else:
         teacher, tokenizer = load_causal_lm(cfg.teacher.model, dtype=DTYPES[cfg.teacher.dtype])
+    vocab = None
     if s.model is not None:
         student, student_tok = load_causal_lm(s.model)
-        if teacher is not None:
-            check_same_vocabulary(teacher, student, cfg.teacher.model, s.model)
-        elif len(tokenizer) != student.get_output_embeddings().weight.shape[0]:
+        check_same_tokenizer(tokenizer, student_tok, cfg.teacher.model, s.model)
+        if teacher is None and len(tokenizer) != student.get_output_embeddings().weight.shape[0]:
             raise ValueError(
                 f"the tokenizer of teacher {cfg.teacher.model!r} has {len(tokenizer)} tokens and "
                 f"student {s.model!r} a vocabulary of {student.get_output_embeddings().weight.shape[0]}"
             )
-        check_same_tokenizer(tokenizer, student_tok, cfg.teacher.model, s.model)
         name = s.model
     else:
         try:
@@ -93,7 +95,12 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
         name = "the derived student"
     student.float()
     if teacher is not None:
-        check_same_vocabulary(teacher, student, cfg.teacher.model, name)
+        vocab = shared_vocabulary(teacher, student, tokenizer, cfg.teacher.model, name)
+    if vocab is not None and cached:
+        raise ConfigError(
+            "config key 'train.teacher_cache': the teacher's and the student's heads differ by "
+            f"padding rows (the tokenizer has {vocab} tokens); the cache is for equal heads"
+        )
     if cached:
         teacher = None
     if s.lora:
@@ -104,7 +111,7 @@ def build_models(cfg: LLMConfig) -> tuple[Any, Any, Any]:
             student.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return teacher, student, tokenizer
+    return teacher, student, tokenizer, vocab
 
 
 def longest_text(examples: list[Example]) -> int:
@@ -139,6 +146,24 @@ def check_built_positions(cfg: LLMConfig, built: Built) -> None:
         tokens += tc.max_new_tokens
         extra = " with train.max_new_tokens sampled on-policy"
     check_positions({"teacher": built.teacher, "student": built.student}, tokens, extra=extra)
+
+
+MIN_CALIBRATION_TOKENS = 32
+"""The fewest validation target tokens a token temperature is fitted on."""
+
+
+def check_calibration_split(cfg: LLMConfig, built: Built) -> None:
+    """``output.calibrated`` needs a validation split with enough target tokens to fit a
+    temperature on (checked before anything is written)."""
+    if not cfg.output.calibrated:
+        return
+    tokens = sum(max(len(e.ids) - max(e.loss_start, 1), 0) for e in built.val)
+    if tokens < MIN_CALIBRATION_TOKENS:
+        raise ConfigError(
+            f"config key 'output.calibrated': the validation split has {tokens} target tokens, "
+            f"fewer than {MIN_CALIBRATION_TOKENS} to fit a temperature on; give more "
+            "validation texts (data.val_size, data.val_files) or set output.calibrated: false"
+        )
 
 
 def pad_id(tokenizer: Any) -> int:

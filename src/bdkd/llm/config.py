@@ -158,6 +158,11 @@ class LLMOutputConfig(OutputConfig):
     """The image runs' output section, and whether the student is saved."""
 
     save_student: bool = spec(True, doc="save RUN/student (save_pretrained) at the end")
+    calibrated: bool = spec(
+        True,
+        doc="fit a next-token temperature on the validation split and fold it into the "
+        "saved student's head",
+    )
 
 
 @dataclass

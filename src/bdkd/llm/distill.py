@@ -85,6 +85,7 @@ def distill_hidden(
     divergence_weight: float = 1.0,
     stats: dict[str, Tensor] | None = None,
     cached: TopKTeacher | None = None,
+    vocab: int | None = None,
 ) -> Tensor:
     """The token objective between two causal LMs given their final hidden states (B, T, H)
     at the positions of ``mask``, through both LM heads by the fused path (each model's own
@@ -92,11 +93,16 @@ def distill_hidden(
     teacher model needed). Mean over the valid tokens, or their sum divided by
     ``normalizer``. With ``ce_labels`` the student's cross-entropy (times ``ce_weight``) is
     added in the same pass and reported in ``stats``. Shared by :class:`CausalLMDistiller`
-    and the trainer adapters."""
+    and the trainer adapters. ``vocab`` keeps the first ``vocab`` rows of both heads (the
+    tokenizer's tokens, when the heads differ by padding rows): the distributions are over
+    those tokens alone."""
     _, s_head = decoder_and_head(student)
+    rows = slice(None) if vocab is None else slice(0, vocab)
+    s_weight = s_head.weight[rows]
+    s_bias = None if s_head.bias is None else s_head.bias[rows]
     s_post = logit_postprocessing(student)
     common = dict(
-        bias=s_head.bias,
+        bias=s_bias,
         mask=mask,
         objective=objective,
         temperature=temperature,
@@ -114,7 +120,7 @@ def distill_hidden(
     if cached is not None:
         return fused_linear_topk_divergence(
             student_hidden,
-            s_head.weight,
+            s_weight,
             cached.ids.to(student_hidden.device),
             cached.log_probs.to(student_hidden.device),
             cached.tail_log_mass.to(student_hidden.device),
@@ -124,10 +130,10 @@ def distill_hidden(
     t_post = logit_postprocessing(teacher)
     return fused_linear_divergence(
         student_hidden,
-        s_head.weight,
+        s_weight,
         teacher_hidden=teacher_hidden.to(student_hidden.device),
-        teacher_weight=t_head.weight,
-        teacher_bias=t_head.bias,
+        teacher_weight=t_head.weight[rows],
+        teacher_bias=None if t_head.bias is None else t_head.bias[rows],
         teacher_logit_scale=t_post[0],
         teacher_logit_softcap=t_post[1],
         **common,
@@ -153,10 +159,11 @@ class CausalLMDistiller(nn.Module):
         distill_weight: float = 1.0,
         ce_weight: float = 0.0,
         chunk_size: int = 1024,
+        vocab: int | None = None,
         **params: float,
     ) -> None:
         super().__init__()
-        self.student, self.teacher = student, teacher
+        self.student, self.teacher, self.vocab = student, teacher, vocab
         if teacher is not None:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -221,6 +228,7 @@ class CausalLMDistiller(nn.Module):
                 divergence_weight=self.distill_weight,
                 stats=stats,
                 cached=cached,
+                vocab=self.vocab,
             )
 
         total = through(self.student, student_loss) if self.sharded else student_loss()
@@ -281,6 +289,14 @@ def accumulate_step(
 
 
 @torch.no_grad()
+def _suppress_padding(model: nn.Module, vocab: int | None) -> dict[str, Any]:
+    """``generate`` keywords that keep the head's padding rows (ids >= vocab) out of samples."""
+    rows = decoder_and_head(model)[1].weight.shape[0]
+    if vocab is None or vocab >= rows:
+        return {}
+    return {"suppress_tokens": list(range(vocab, rows))}
+
+
 def sample_student(
     student: nn.Module,
     prompt_ids: Tensor,
@@ -291,6 +307,7 @@ def sample_student(
     pad_token_id: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     generator_seed: int | None = None,
+    vocab: int | None = None,
 ) -> LMBatch:
     """On-policy sequences: the student continues each (left-padded) prompt by sampling; the
     generated tokens are the targets (GKD's on-policy data).
@@ -298,7 +315,8 @@ def sample_student(
     A row that ends early is padded by ``generate`` after its end-of-sequence token: those
     positions are masked (attention and loss); the end-of-sequence token itself is a target,
     since stopping is what the student must learn. ``eos_token_id`` defaults to the
-    student's generation config.
+    student's generation config; with ``vocab``, ids at or past it (padding rows of the
+    head) are never sampled.
     """
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -312,6 +330,7 @@ def sample_student(
         temperature=temperature,
         top_k=0,
         pad_token_id=pad_token_id,
+        **_suppress_padding(student, vocab),
     )
     student.train(was_training)
     generated = out[:, prompt_ids.shape[1] :]

@@ -6,35 +6,24 @@ metrics (perplexity, next-token accuracy, token ECE / NLL / Brier, agreement wit
 teacher) over examples, sharded over a process group; :func:`greedy` generates continuations;
 :func:`lm_report` writes the markdown table.
 
-`bdkd llm-eval MODEL --data FILE --out DIR` (:func:`evaluate_model`): any model directory,
-cached hub id or GGUF file is evaluated on local data (the formats of :mod:`bdkd.llm.data`;
-every row is evaluated, nothing is split off), and, given a teacher, how often the model's top
-token is the teacher's (with the teacher's own metrics beside). ``DIR`` gets ``summary.json``
-and ``report.md``; it is a bdkd output directory, never overwritten without ``--force``.
+:func:`run_lm` is one pass of models over examples with any task's accumulators (the
+temperature fit of :mod:`bdkd.llm.calibrate` uses it); `bdkd llm-eval` is
+:mod:`bdkd.llm.eval_model`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bdkd.config import MAX_BINS
-from bdkd.engine.build import resolve_device
 from bdkd.engine.evaluate import evaluate_networks
-from bdkd.engine.rundir import check_run_dir, create_run_dir
-from bdkd.files import write_json, write_text
 from bdkd.llm.batch import LMBatch
 from bdkd.llm.data import (
     Example,
-    Fields,
-    LMDataError,
     collate,
     prompt_batch,
-    read_rows,
-    tokenize_rows,
 )
 from bdkd.llm.metrics import TokenMetrics
 from bdkd.llm.parallel import Parallel
@@ -45,8 +34,8 @@ __all__ = [
     "LMTask",
     "NextTokenTask",
     "evaluate_lm",
-    "evaluate_model",
     "greedy",
+    "run_lm",
     "lm_report",
     "strip_after_eos",
 ]
@@ -61,13 +50,21 @@ class NextTokenTask:
 
     name = "next_token"
 
-    def __init__(self, bins: int = 15) -> None:
-        self.bins = bins
+    def __init__(self, bins: int = 15, temperature: float = 1.0, vocab: int | None = None) -> None:
+        self.bins, self.temperature, self.vocab = bins, temperature, vocab
 
     def predict(self, network: Any, batch: Any) -> tuple[Any, ...]:
+        """(logits / temperature, next-token labels, target mask[, cached teacher]); with
+        ``vocab``, the logits of the first ``vocab`` tokens only (a head's padding rows are
+        not part of the distribution)."""
         lm, cached = batch if isinstance(batch, tuple) else (batch, None)
         out = network(input_ids=lm.input_ids, attention_mask=lm.attention_mask)
-        prediction = (out.logits[:, :-1], lm.input_ids[:, 1:], lm.target_mask())
+        logits = out.logits[:, :-1]
+        if self.vocab is not None:
+            logits = logits[..., : self.vocab]
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature
+        prediction = (logits, lm.input_ids[:, 1:], lm.target_mask())
         return prediction if cached is None else (*prediction, cached)
 
     def accumulator(self, network: str = "") -> TokenMetrics:
@@ -78,25 +75,22 @@ LMTask = NextTokenTask
 """The earlier name of :class:`NextTokenTask`."""
 
 
-def evaluate_lm(
-    student: Any,
-    teacher: Any | None,
+def run_lm(
+    networks: dict[str, Any],
     examples: list[Example],
     pad: int,
     device: torch.device,
+    task: Any,
     *,
     batch: int = 16,
-    bins: int = 15,
-    teacher_metrics: TokenMetrics | None = None,
     cache: Any = None,
     split: str = "val",
     parallel: Parallel | None = None,
     autocast: Any = None,
-) -> dict[str, float]:
-    """The student's next-token metrics over the target tokens of ``examples`` and its
-    agreement with the teacher (live, or from its top-k ``cache``); the live teacher's own
-    metrics go to ``teacher_metrics``. In a process group each process evaluates its share
-    and the metrics are summed."""
+) -> Any:
+    """One pass of ``networks`` over ``examples`` (sharded over a process group) with
+    ``task``'s accumulators (:func:`bdkd.engine.evaluate.evaluate_networks`); the teacher,
+    when among them, is every other network's reference."""
     parallel = parallel or Parallel()
     indices = parallel.shard(list(range(len(examples))))
 
@@ -114,20 +108,63 @@ def evaluate_lm(
             lm = collate([examples[j] for j in chunk], pad, device)
             yield lm if cache is None else (lm, cache.teacher(split, chunk))
 
-    networks = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
-    was = student.training
-    student.eval()
+    was = {n: net.training for n, net in networks.items()}
+    for net in networks.values():
+        net.eval()
     result = evaluate_networks(
         networks,
         batches(),
-        NextTokenTask(bins),
-        reference=None if teacher is None else "teacher",
+        task,
+        reference="teacher" if "teacher" in networks else None,
         autocast=autocast or contextlib.nullcontext,
     )
-    student.train(was)
+    for n, net in networks.items():
+        net.train(was[n])
+    return result
+
+
+def evaluate_lm(
+    student: Any,
+    teacher: Any | None,
+    examples: list[Example],
+    pad: int,
+    device: torch.device,
+    *,
+    batch: int = 16,
+    bins: int = 15,
+    teacher_metrics: TokenMetrics | None = None,
+    cache: Any = None,
+    split: str = "val",
+    parallel: Parallel | None = None,
+    autocast: Any = None,
+    temperature: float = 1.0,
+    keep: dict[str, TokenMetrics] | None = None,
+    vocab: int | None = None,
+) -> dict[str, float]:
+    """The student's next-token metrics over the target tokens of ``examples`` and its
+    agreement with the teacher (live, or from its top-k ``cache``); the live teacher's own
+    metrics go to ``teacher_metrics``. ``temperature`` divides every network's logits
+    (measuring a temperature-scaled model); ``keep`` receives the accumulators by network.
+    In a process group each process evaluates its share and the metrics are summed."""
+    networks = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
+    result = run_lm(
+        networks,
+        examples,
+        pad,
+        device,
+        NextTokenTask(bins, temperature, vocab),
+        batch=batch,
+        cache=cache,
+        split=split,
+        parallel=parallel,
+        autocast=autocast,
+    )
+    if keep is not None:
+        keep.update(result.accumulators)
     if teacher_metrics is not None and teacher is not None:
         teacher_metrics.bins += result.accumulators["teacher"].bins
         teacher_metrics.totals += result.accumulators["teacher"].totals
+        teacher_metrics.add_labels(result.accumulators["teacher"])
     return result.accumulators["student"].compute()
 
 
@@ -184,6 +221,8 @@ LM_KEYS = (
     "ece",
     "nll",
     "brier",
+    "ece_after_ts",
+    "temperature",
     "teacher_top1_agreement",
     "rouge_l_vs_reference",
 )
@@ -202,104 +241,27 @@ def lm_report(summary: dict[str, Any], title: str) -> str:
         f"{summary.get('bins', 15)} bins.",
         "",
     ]
-    return "\n".join(lines)
-
-
-def _read_examples(
-    data: list[str],
-    fmt: str,
-    tokenizer: Any,
-    fields: Fields,
-    max_length: int,
-    max_samples: int | None,
-) -> tuple[list[Example], int]:
-    """The tokenised examples of ``data`` (and how many texts were dropped)."""
-    try:
-        rows, kind = read_rows(data, fmt)
-        if max_samples:
-            rows = rows[:max_samples]
-        examples, dropped = tokenize_rows(
-            rows, kind, tokenizer, fields=fields, max_length=max_length
-        )
-    except LMDataError as err:
-        raise ValueError(f"--data: {err}") from None
-    if not examples:
-        raise ValueError(f"--data: no usable text in {data}")
-    return examples, dropped
-
-
-def evaluate_model(
-    model: str,
-    data: list[str],
-    out: str | Path,
-    *,
-    teacher: str | None = None,
-    fmt: str = "auto",
-    fields: Fields = Fields(),  # noqa: B008
-    max_length: int = 512,
-    max_samples: int | None = None,
-    batch: int = 16,
-    bins: int = 15,
-    device: str = "auto",
-    force: bool = False,
-) -> dict[str, Any]:
-    """Evaluate ``model`` (and compare with ``teacher``) on ``data``; write ``out``."""
-    from bdkd.llm.models import (
-        check_same_vocabulary,
-        describe_source,
-        load_causal_lm,
-        max_positions,
-    )
-
-    if not 1 <= bins <= MAX_BINS:
-        raise ValueError(f"--bins must be in [1, {MAX_BINS}], got {bins}")
-    if batch < 1 or max_length < 2:
-        raise ValueError("--batch must be >= 1 and --max-length >= 2")
-    out = Path(out)
-    check_run_dir(out, force=force, kind="llm-eval")
-    for name in [model] + ([teacher] if teacher else []):
-        describe_source(name)
-    for f in data:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"--data {f}: no such file")
-    dev = resolve_device(device)
-    net, tokenizer = load_causal_lm(model)
-    if tokenizer is None:
-        raise ValueError(f"{model}: no tokenizer found beside the model")
-    examples, dropped = _read_examples(data, fmt, tokenizer, fields, max_length, max_samples)
-    longest = max(len(e.ids) for e in examples)
-    limit = max_positions(net)
-    if limit is not None and longest > limit:
-        raise ValueError(
-            f"--max-length {max_length}: the longest text has {longest} tokens, more than the "
-            f"{limit} positions of {model} (max_position_embeddings); set --max-length {limit}"
-        )
-    ref = None
-    if teacher:
-        ref, _ = load_causal_lm(teacher, tokenizer=False)
-        check_same_vocabulary(ref, net, teacher, model)
-        ref.to(dev).eval()
-    net.to(dev).float().eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    teacher_metrics = TokenMetrics(n_bins=bins) if ref is not None else None
-    results = evaluate_lm(
-        net, ref, examples, int(pad), dev, batch=batch, bins=bins, teacher_metrics=teacher_metrics
-    )
-    rows_out = {"model": results}
-    if teacher_metrics is not None:
-        rows_out["teacher"] = teacher_metrics.compute()
-    summary = {
-        "model": model,
-        "teacher": teacher,
-        "data": [str(f) for f in data],
-        "texts": len(examples),
-        "dropped_texts": dropped,
-        "bins": bins,
-        "perplexity": results["perplexity"],
-        "ece": results["ece"],
-        "results": rows_out,
+    lines += [f"**Flag:** {flag}." for flag in summary.get("flags") or []]
+    calibration = {
+        k: v for k, v in (summary.get("calibration") or {}).items() if v and "before" in v
     }
-    create_run_dir(out, force=force, kind="llm-eval", subdirs=())
-    write_json(out / "summary.json", summary)
-    write_text(out / "report.md", lm_report(summary, f"{model} on {', '.join(map(str, data))}"))
-    return summary
+    if calibration:
+        lines += [
+            "",
+            "## Calibration: a next-token temperature fitted on the validation split",
+            "",
+            "| model | T | ECE % | ECE % after | NLL | NLL after | Brier | Brier after | note |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, c in calibration.items():
+            b, a = c["before"], c["after"]
+            note = "; ".join(x for x in (c.get("note"), c.get("fold_note")) if x)
+            if c.get("folded"):
+                note = "folded into the saved head" + ("; " + note if note else "")
+            lines.append(
+                f"| {name} | {c['temperature']:.3f} | {100 * b['ece']:.2f} | {100 * a['ece']:.2f} "
+                f"| {b['nll']:.4f} | {a['nll']:.4f} | {b['brier']:.4f} | {a['brier']:.4f} "
+                f"| {note or '–'} |"
+            )
+        lines += ["", "![token reliability, before and after](reliability.png)", ""]
+    return "\n".join(lines)

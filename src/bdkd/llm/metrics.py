@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bdkd.calibration import binned_sums, ece_from_sums
+from bdkd.calibration import ReliabilityBins, binned_sums, ece_from_sums, reliability_from_sums
 from bdkd.divergences import forward_kl
 from bdkd.llm.batch import TopKTeacher
 from bdkd.llm.fused import bucket_log_probs, teacher_buckets
@@ -39,6 +39,18 @@ class TokenMetrics:
         self.bins = torch.zeros(self.n_bins, 3, dtype=torch.float64)
         # tokens, correct, nll sum, brier sum, teacher tokens, top-1 agreement, forward KL sum
         self.totals = torch.zeros(7, dtype=torch.float64)
+        self.labels = torch.zeros(0, dtype=torch.float64)  # target-token counts, by id
+
+    def add_labels(self, other: TokenMetrics) -> None:
+        """Add ``other``'s target-token counts to this one's."""
+        self._grow(other.labels.numel())
+        self.labels[: other.labels.numel()] += other.labels
+
+    def _grow(self, size: int) -> None:
+        if size > self.labels.numel():
+            grown = torch.zeros(size, dtype=torch.float64)
+            grown[: self.labels.numel()] = self.labels
+            self.labels = grown
 
     @torch.no_grad()
     def update(
@@ -71,6 +83,8 @@ class TokenMetrics:
         # Brier = sum_k p_k^2 - 2 p_y + 1, without a one-hot of the vocabulary
         brier = (2 * log_p).exp().sum(-1) - 2 * p_y.exp() + 1
         self.bins += binned_sums(conf.double(), correct, self.n_bins)
+        self._grow(z.shape[-1])
+        self.labels += torch.bincount(y.cpu(), minlength=self.labels.numel()).double()
         row = [
             z.shape[0],
             float(correct.sum()),
@@ -108,12 +122,18 @@ class TokenMetrics:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            for t in (self.bins, self.totals):
+            for t in (self.bins, self.totals, self.labels):
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
+    def reliability(self) -> ReliabilityBins:
+        """Per-bin statistics of every target token (for reliability diagrams)."""
+        return reliability_from_sums(self.bins, float(self.totals[1]) / float(self.totals[0]))
+
     def compute(self) -> dict[str, float]:
-        """``perplexity``, ``accuracy``, ``ece``, ``nll``, ``brier`` and, with a teacher,
-        ``teacher_top1_agreement`` and ``teacher_forward_kl`` (mean per token)."""
+        """``perplexity``, ``accuracy``, ``ece``, ``nll``, ``brier``, ``majority_rate`` (the
+        frequency of the most common target token: the accuracy of always predicting it) and,
+        with a teacher, ``teacher_top1_agreement`` and ``teacher_forward_kl`` (mean per
+        token)."""
         n = float(self.totals[0])
         if n == 0:
             raise ValueError("no valid tokens: call update() with a mask that selects some")
@@ -126,6 +146,8 @@ class TokenMetrics:
             "nll": nll,
             "brier": float(self.totals[3]) / n,
         }
+        if self.labels.numel():
+            out["majority_rate"] = float(self.labels.max()) / n
         if self.totals[4] > 0:
             out["teacher_top1_agreement"] = float(self.totals[5] / self.totals[4])
             out["teacher_forward_kl"] = float(self.totals[6] / self.totals[4])

@@ -178,6 +178,33 @@ def check_same_vocabulary(
         )
 
 
+def shared_vocabulary(
+    teacher: nn.Module,
+    student: nn.Module,
+    tokenizer: Any,
+    teacher_name: str,
+    student_name: str,
+) -> int | None:
+    """None when both heads have the same rows; the tokenizer's size when the heads differ
+    only by padding rows (both at least as large as the tokenizer, which the caller has
+    checked is the same for both): the rows distillation is computed over. Otherwise the
+    vocabulary error of :func:`check_same_vocabulary`."""
+    tv = teacher.get_output_embeddings().weight.shape[0]
+    sv = student.get_output_embeddings().weight.shape[0]
+    if tv == sv:
+        return None
+    real = len(tokenizer) if tokenizer is not None else None
+    if real is not None and min(tv, sv) >= real:
+        return real
+    raise ValueError(
+        f"teacher {teacher_name!r} has a vocabulary of {tv} tokens and student "
+        f"{student_name!r} of {sv}"
+        + (f" (the tokenizer has {real})" if real is not None else "")
+        + ": token-level distillation needs the same tokenizer (heads may differ only by "
+        "padding rows beyond the tokenizer's tokens)"
+    )
+
+
 def check_same_tokenizer(
     teacher_tok: Any, student_tok: Any, teacher_name: str, student_name: str
 ) -> None:

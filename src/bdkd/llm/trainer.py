@@ -39,9 +39,11 @@ from bdkd.llm.build import (
     build_models,
     cache_warning,
     check_built_positions,
+    check_calibration_split,
     open_teacher_cache,
     pad_id,
 )
+from bdkd.llm.calibrate import calibrate_models, not_learnt
 from bdkd.llm.config import LLMConfig, check_inputs, validate_llm_config
 from bdkd.llm.data import collate, prompt_batch
 from bdkd.llm.distill import CausalLMDistiller, accumulate_step, sample_student
@@ -93,12 +95,13 @@ class LLMTrainer:
         check_inputs(cfg)
         check_parallel(cfg, self.life.group)
         self.life.seed(tc.seed)
-        teacher, student, tokenizer = build_models(cfg)
+        teacher, student, tokenizer, vocab = build_models(cfg)
         train, val, test, dropped = build_data(cfg, tokenizer)
         self.built = Built(
-            teacher, student, tokenizer, train, val, test, dropped, pad_id(tokenizer)
+            teacher, student, tokenizer, train, val, test, dropped, pad_id(tokenizer), vocab
         )
         check_built_positions(cfg, self.built)
+        check_calibration_split(cfg, self.built)
         self.cache = open_teacher_cache(cfg, self.built)
         t = cfg.objective
         self.distiller = CausalLMDistiller(
@@ -109,6 +112,7 @@ class LLMTrainer:
             distill_weight=t.distill_weight,
             ce_weight=t.ce_weight,
             chunk_size=tc.chunk_size,
+            vocab=vocab,
             **t.params,
         ).to(self.device)
         self.parallel, self.step_module = setup_parallel(
@@ -229,6 +233,7 @@ class LLMTrainer:
                         pad_token_id=built.pad,
                         eos_token_id=built.tokenizer.eos_token_id,
                         generator_seed=seed + parallel.rank,
+                        vocab=built.vocab,
                     )
                 )
             else:
@@ -275,6 +280,7 @@ class LLMTrainer:
             split=split,
             parallel=self.parallel,
             autocast=self.autocast,
+            vocab=self.built.vocab,
             **kwargs,
         )
 
@@ -360,19 +366,68 @@ class LLMTrainer:
             results["rouge_l_vs_teacher"] = mean_rouge_l(s_gen, t_gen)
             teacher_results["rouge_l_vs_reference"] = mean_rouge_l(t_gen, refs)
 
+    def _calibrate(
+        self,
+        results: dict[str, Any],
+        teacher_results: dict[str, Any],
+        keep: dict[str, TokenMetrics],
+        teacher_metrics: TokenMetrics,
+    ) -> dict[str, Any]:
+        """Token temperatures fitted on validation (student, and a live teacher), the
+        student's folded into its head (not when sharded), measured on test; the reliability
+        diagram of both before and after."""
+        from bdkd.report import reliability_diagram
+
+        built = self.built
+        networks, before = {"student": built.student}, {"student": results}
+        if built.teacher is not None and self.cache is None:
+            networks["teacher"], before["teacher"] = built.teacher, teacher_results
+        record, after = calibrate_models(
+            networks,
+            before,
+            built.val,
+            built.test,
+            built.pad,
+            self.device,
+            fold=None if self.parallel.fsdp else "student",
+            vocab=built.vocab,
+            batch=self.cfg.train.eval_batch,
+            parallel=self.parallel,
+            autocast=self.autocast,
+        )
+        if self.parallel.fsdp:
+            record["student"]["fold_note"] = "a sharded (FSDP) student: T is in summary.json only"
+        if "teacher" not in record:
+            record["teacher"] = None  # a cached teacher: no logits left to fit on
+        if self.parallel.main:
+            panels = {"student": keep["student"].reliability()}
+            panels[f"student, T = {record['student']['temperature']:.3g}"] = after[
+                "student"
+            ].reliability()
+            if "teacher" in after:
+                panels["teacher"] = teacher_metrics.reliability()
+                panels[f"teacher, T = {record['teacher']['temperature']:.3g}"] = after[
+                    "teacher"
+                ].reliability()
+            reliability_diagram(panels, self.run_dir / "reliability.png")
+        return record
+
     def finish(self, began: float) -> dict[str, Any]:
         """Test metrics of student and teacher, ROUGE-L, the student saved, summary.json and
         report.md."""
         from bdkd.llm.models import save_student
 
         cfg, built, tc, t = self.cfg, self.built, self.cfg.train, self.cfg.objective
-        teacher_metrics = TokenMetrics()
-        results = self._evaluate(built.test, "test", teacher_metrics=teacher_metrics)
+        teacher_metrics, keep = TokenMetrics(), {}
+        results = self._evaluate(built.test, "test", teacher_metrics=teacher_metrics, keep=keep)
         if self.cache is not None:
             teacher_results = dict(self.cache.meta["teacher_metrics"]["test"])
         else:
             teacher_results = teacher_metrics.compute()
         self._generations(results, teacher_results)
+        calibration = None
+        if cfg.output.calibrated:
+            calibration = self._calibrate(results, teacher_results, keep, teacher_metrics)
         student, teacher = built.student, built.teacher
         summary = {
             "objective": t.name,
@@ -396,8 +451,19 @@ class LLMTrainer:
             "seed": tc.seed,
             "splits": {"train": len(built.train), "val": len(built.val), "test": len(built.test)},
             "dropped_texts": built.dropped,
+            "vocabulary": {
+                "tokenizer": len(built.tokenizer),
+                "student_rows": int(student.get_output_embeddings().weight.shape[0]),
+                "distilled_over": built.vocab,  # None: the whole head (equal heads)
+            },
             "seconds": time.perf_counter() - began,
             "results": {"student": results, "teacher": teacher_results},
+            "calibration": calibration,
+            "flags": [
+                f"{name}: {flag}"
+                for name, m in (("student", results), ("teacher", teacher_results))
+                if (flag := not_learnt(m))
+            ],
         }
         if cfg.output.save_student:
             state = full_state(student, self.parallel) if self.parallel.fsdp else None
@@ -412,7 +478,8 @@ class LLMTrainer:
                 summary["student_dir"] = str(self.run_dir / "student")
         if self.parallel.main:
             write_text(self.run_dir / "report.md", lm_report(summary, f"{t.name} distillation"))
-        self.life.finish(summary, ("report.md",))
+        files = ("report.md", "reliability.png") if calibration else ("report.md",)
+        self.life.finish(summary, files)
         return summary
 
 
