@@ -47,6 +47,7 @@ from bdkd.calibration.temperature import (
     fit_temperature,
     split_for_fitting,
     temperature_note,
+    trust_note,
 )
 from bdkd.calibration.trust import TRUST_KEYS, trust_metrics
 
@@ -81,6 +82,7 @@ __all__ = [
     "risk_coverage",
     "split_for_fitting",
     "temperature_note",
+    "trust_note",
     "threshold_for_risk",
     "trust_metrics",
 ]

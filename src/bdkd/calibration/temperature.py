@@ -92,17 +92,17 @@ MIN_ERRORS = 10
 determined by the data: with almost no errors the NLL keeps falling as T shrinks."""
 
 
-def temperature_note(logits: ArrayLike, labels: ArrayLike, temperature: float) -> str | None:
-    """Why a temperature fitted on ``logits``/``labels`` should not be trusted (too few
-    errors to determine it, or fitted at the bound of its range), or None."""
-    z = check_scores(logits, "logits")
-    y = check_labels(labels, z.shape[0], z.shape[1])
-    errors = int((z.argmax(1) != y).sum())
+def trust_note(
+    errors: int, total: int, temperature: float, what: str = "misclassified sample(s)"
+) -> str | None:
+    """Why a temperature fitted on ``total`` predictions of which ``errors`` were wrong
+    (``what``: samples, tokens) should not be trusted: too few errors to determine it, or
+    fitted at the bound of its range; None when neither."""
     notes = []
     if errors < MIN_ERRORS:
         notes.append(
-            f"the validation split has {errors} misclassified sample(s) of {z.shape[0]}, fewer "
-            f"than {MIN_ERRORS}: too few to determine a temperature"
+            f"the validation split has {errors} {what} of {total}, fewer than {MIN_ERRORS}: "
+            "too few to determine a temperature"
         )
     if temperature <= MIN_TEMPERATURE * 1.05 or temperature >= MAX_TEMPERATURE / 1.05:
         notes.append(
@@ -110,3 +110,11 @@ def temperature_note(logits: ArrayLike, labels: ArrayLike, temperature: float) -
             f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
         )
     return "; ".join(notes) or None
+
+
+def temperature_note(logits: ArrayLike, labels: ArrayLike, temperature: float) -> str | None:
+    """Why a temperature fitted on ``logits``/``labels`` should not be trusted (too few
+    errors to determine it, or fitted at the bound of its range), or None."""
+    z = check_scores(logits, "logits")
+    y = check_labels(labels, z.shape[0], z.shape[1])
+    return trust_note(int((z.argmax(1) != y).sum()), z.shape[0], temperature)

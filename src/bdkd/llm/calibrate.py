@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bdkd.calibration import MAX_TEMPERATURE, MIN_ERRORS, MIN_TEMPERATURE
+from bdkd.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, trust_note
 from bdkd.llm.evaluate import NextTokenTask, run_lm
 from bdkd.llm.models import is_lora
 
@@ -94,18 +94,7 @@ class FitTask:
 
 def fit_note(tokens: float, errors: float, temperature: float) -> str | None:
     """Why a token temperature should not be trusted (too few wrong tokens, or at a bound)."""
-    notes = []
-    if errors < MIN_ERRORS:
-        notes.append(
-            f"the validation split has {int(errors)} wrong next tokens of {int(tokens)}, fewer "
-            f"than {MIN_ERRORS}: too few to determine a temperature"
-        )
-    if temperature <= MIN_TEMPERATURE * 1.05 or temperature >= MAX_TEMPERATURE / 1.05:
-        notes.append(
-            f"T = {temperature:.4g} lies at the bound of the fit's range "
-            f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
-        )
-    return "; ".join(notes) or None
+    return trust_note(int(errors), int(tokens), temperature, "wrong next tokens")
 
 
 def fold_problem(model: Any) -> str | None:
