@@ -223,18 +223,6 @@ def regime_tables(data: dict, regime: int) -> list[str]:
     return lines
 
 
-def hours(runs: Path, regimes: list[int]) -> float:
-    """Core-hours of the trials these regimes' tunes trained (their ledgers; one thread
-    each)."""
-    total = 0.0
-    for regime in regimes:
-        ledger = runs / f"regime{regime}" / "ledger.jsonl"
-        if ledger.is_file():
-            lines = ledger.read_text().splitlines()
-            total += sum(json.loads(line)["seconds"] for line in lines if line.strip())
-    return total / 3600
-
-
 def write(runs: Path, results: dict, md: Path, raw_path: Path, *, smoke: bool) -> None:
     """The page and the raw numbers: the regimes run now, and from ``raw_path`` the regimes
     an earlier invocation wrote (so ``--regimes 4`` keeps the other regimes' tables)."""
@@ -258,7 +246,8 @@ def write(runs: Path, results: dict, md: Path, raw_path: Path, *, smoke: bool) -
             raw["core_hours_before_tune"] = before
     for regime, (data, ablations) in results.items():
         raw["regimes"][str(regime)] = collect(regime, data, ablations)
-        raw["core_hours"][str(regime)] = hours(runs, [regime])
+        # the regime's ledger (its tune and its ablations' share one directory), one thread each
+        raw["core_hours"][str(regime)] = data.get("trial_seconds", 0.0) / 3600
         if "core_hours_before_tune" in raw and not smoke:
             raw["core_hours_before_tune"].setdefault("superseded_regimes", []).append(regime)
     regimes = sorted(int(r) for r in raw["regimes"])
