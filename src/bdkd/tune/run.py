@@ -243,9 +243,10 @@ class Tune:
         }
 
 
-def _open_out(out: Path) -> None:
+def _check_out(out: Path) -> None:
     """``out`` is new, empty or an earlier tune's (never someone's other directory), and
-    holds no link: nothing a tune writes may land outside it."""
+    holds no link: nothing a tune writes may land outside it. Checked before any backend
+    starts."""
     if out.is_symlink():
         raise TuneError(f"tune: --out {out} is a symbolic link; name a real directory")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
@@ -259,7 +260,6 @@ def _open_out(out: Path) -> None:
                     f"tune: {child} is a symbolic link; a tune writes only inside --out "
                     "(remove the link or name a new directory)"
                 )
-    make_dirs(out)
 
 
 def run_tune(
@@ -290,6 +290,7 @@ def run_tune(
                 break
         name = "none (report only)"
     else:
+        _check_out(out)
         backend = make_backend(
             opts.backend,
             max_concurrent=opts.max_concurrent,
@@ -299,7 +300,7 @@ def run_tune(
         )
         name = backend.name
         try:
-            _open_out(out)
+            make_dirs(out)
             tune = Tune(config, opts, spaces)
             write_json(
                 out / MARKER,
