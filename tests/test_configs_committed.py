@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from bdkd.config import load_config
-from bdkd.distillers import PixelRows, create_distiller
+from bdkd.distillers import PixelRows, create_distiller, feature_use
 from bdkd.models import create_model
+from bdkd.models.taps import attach_taps, default_taps
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.name != "base.yaml" and "llm" not in p.parts)
@@ -21,6 +23,7 @@ CLASSES = {
     "fashion_scenes": 11,
     "cityscapes": 19,
 }
+SIDES = {"digits": 8, "fashion_mnist": 28, "cifar100": 32, "cifar10": 32, "fashion_scenes": 64}
 
 
 def test_every_method_has_a_config_for_every_dataset_and_pair():
@@ -33,7 +36,9 @@ def test_every_method_has_a_config_for_every_dataset_and_pair():
     assert len(pairs) == 6
     expected = {ROOT / "digits": methods - spatial, ROOT / "fashion_mnist": methods - spatial}
     expected.update({pair: methods - spatial - {"uskd"} for pair in pairs})
-    expected[ROOT / "scenes"] = methods - {"uskd"}  # USKD is a classification method
+    # USKD and the embedding methods are classification methods
+    per_image = {"uskd", "rkd", "pkt", "crd", "nd", "reviewkd"}
+    expected[ROOT / "scenes"] = methods - per_image
     for folder, wanted in expected.items():
         configs = {p.stem for p in folder.glob("*.yaml")}
         assert not wanted - configs, (folder.name, sorted(wanted - configs))
@@ -53,7 +58,17 @@ def test_config_builds(path):
     }
     dense = cfg.data.dataset in ("fashion_scenes", "cityscapes")
     layout = PixelRows() if dense else None
-    distiller = create_distiller(cfg.method_name, networks, layout=layout, **cfg.method_hparams)
+    use = feature_use(cfg.method_name)
+    if use is not None:  # the zoo models' default features for the method
+        side = SIDES[cfg.data.dataset]
+        probe = torch.zeros(2, 1 if side in (8, 28) else 3, side, side)
+        for name, net in networks.items():
+            names = list(cfg.networks[name].features) or default_taps(net, use)
+            net.tap_shapes = attach_taps(net, names, probe)
+    samples = {"num_samples": 50_000} if cfg.method_name == "crd" else {}
+    distiller = create_distiller(
+        cfg.method_name, networks, layout=layout, **samples, **cfg.method_hparams
+    )
     for frozen in distiller.frozen:
         net = cfg.networks[frozen]
         assert net.checkpoint or net.weights, f"{path}: frozen {frozen} has no weights"

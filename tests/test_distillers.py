@@ -13,8 +13,10 @@ from bdkd.distillers import (
     OfflineDistiller,
     available_methods,
     create_distiller,
+    feature_use,
 )
 from bdkd.losses.registry import OBJECTIVES
+from bdkd.models.taps import attach_taps
 
 
 class TinyNet(nn.Module):
@@ -55,23 +57,42 @@ HPARAMS = {"abkd": {"alpha": 0.8, "beta": 0.3}}
 ROW_METHODS = [m for m in available_methods() if not (m in OBJECTIVES and OBJECTIVES[m].spatial)]
 
 
+def tapped_networks(method: str) -> dict[str, nn.Module]:
+    """TinyNets with feature taps for a feature method: the hidden layer (its embedding
+    for the embedding methods, ``head:in``); ReviewKD reads both."""
+    nets = networks()
+    use = feature_use(method)
+    if use is not None:
+        names = {"embedding": ["head:in"], "review": ["body", "head:in"]}.get(use, ["body"])
+        for net in nets.values():
+            net.tap_shapes = attach_taps(net, names, torch.zeros(2, 4))
+    return nets
+
+
+# AT needs (N, C, H, W) maps; tests/test_feature_kd.py trains it on CNNs
+ROW_METHODS = [m for m in ROW_METHODS if m != "at"]
+
+
 @pytest.mark.parametrize("method", ROW_METHODS)
 def test_a_few_steps_reduce_the_training_loss(method):
     x, y = separable_problem()
-    distiller = create_distiller(method, networks(), **HPARAMS.get(method, {}))
+    hparams = {**HPARAMS.get(method, {}), **({"nce_k": 32} if method == "crd" else {})}
+    distiller = create_distiller(method, tapped_networks(method), num_samples=len(y), **hparams)
+    distiller.prepare([(x, y)])
     distiller.train()
     optimizers = {
         name: torch.optim.SGD(params, lr=0.1, momentum=0.9)
         for name, params in distiller.parameter_groups().items()
     }
+    extra = {"index": torch.arange(len(y))} if distiller.uses_index else {}
 
     def loss_now():
         with torch.no_grad():
-            return distiller(x, y, epoch=30).total().item()
+            return distiller(x, y, epoch=30, **extra).total().item()
 
     before = loss_now()
     for _ in range(30):
-        out = distiller(x, y, epoch=30)
+        out = distiller(x, y, epoch=30, **extra)
         for opt in optimizers.values():
             opt.zero_grad()
         out.total().backward()

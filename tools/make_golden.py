@@ -30,24 +30,29 @@ KEYS = ("accuracy", "ece", "nll", "brier", "temperature", "ece_after_ts", "miou"
 
 
 def configs(family: str) -> list[Path]:
-    """The family's configs, the teacher first (offline methods read its run)."""
+    """The family's configs, the teachers first (offline methods read their runs)."""
     found = sorted(p for p in (ROOT / "configs" / family).glob("*.yaml") if p.stem != "base")
-    return sorted(found, key=lambda p: p.stem != "teacher")
+    return sorted(found, key=lambda p: not p.stem.startswith("teacher"))
 
 
 def run_family(family: str, work: Path, extra: list[str]) -> dict[str, dict]:
-    """Train every config of ``family`` into ``work``; their metrics by config name."""
+    """Train every config of ``family`` into ``work``; their metrics by config name. A
+    teacher's run is named by its ``output.name``, so ``checkpoint: runs/<name>`` of the
+    methods maps to it."""
     from bdkd.cli import main
+    from bdkd.config import load_config
 
     out: dict[str, dict] = {}
-    teacher = work / f"{family}-teacher"
     for path in configs(family):
-        args = ["train", str(path), *COMMON, *extra, "--out", str(work / f"{family}-{path.stem}")]
-        if path.stem != "teacher" and "checkpoint: runs/" in path.read_text():
-            args.append(f"networks.teacher.checkpoint={teacher}")
+        cfg = load_config(path)
+        name = cfg.output.name if path.stem.startswith("teacher") else f"{family}-{path.stem}"
+        run = work / name
+        args = ["train", str(path), *COMMON, *extra, "--out", str(run)]
+        teacher = cfg.networks.get("teacher")
+        if not path.stem.startswith("teacher") and teacher and teacher.checkpoint:
+            args.append(f"networks.teacher.checkpoint={work / Path(teacher.checkpoint).name}")
         if main(args) != 0:
             raise SystemExit(f"{path} failed")
-        run = work / f"{family}-{path.stem}"
         summary = json.loads((run / "summary.json").read_text())
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         out[f"{family}/{path.stem}"] = {

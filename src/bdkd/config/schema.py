@@ -145,6 +145,11 @@ class NetworkConfig:
     feature_layer: str | None = spec(
         None, doc="a submodule whose output is the intermediate feature (USKD), by forward hook"
     )
+    features: list[str] = spec(
+        default_factory=list,
+        doc="modules whose outputs a feature method reads (layer2, head.fc; name:in for a "
+        "module's input); empty: the zoo model's stages for the method",
+    )
     kwargs: dict[str, Any] = spec(
         default_factory=dict, doc="keyword arguments of the model's factory"
     )

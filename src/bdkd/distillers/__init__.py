@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Mapping
 from typing import Any
@@ -27,8 +28,18 @@ from bdkd.distillers.base import (
     distiller_hparams,
     register_distiller,
 )
+from bdkd.distillers.crd import CRDDistiller
+from bdkd.distillers.feature import (
+    ATDistiller,
+    FeatureDistiller,
+    FeatureError,
+    FitNetDistiller,
+    SPDistiller,
+)
 from bdkd.distillers.offline import OfflineDistiller, ScratchDistiller
 from bdkd.distillers.online import BDKDDistiller, DMLDistiller, KDCLDistiller
+from bdkd.distillers.relational import NDDistiller, PKTDistiller, RKDDistiller
+from bdkd.distillers.reviewkd import ReviewKDDistiller
 from bdkd.distillers.self_distill import USKDDistiller, features_and_logits
 from bdkd.hparams import HParam, HParamError, check_values
 from bdkd.losses import get_objective, image_objectives
@@ -36,7 +47,17 @@ from bdkd.losses import get_objective, image_objectives
 __all__ = [
     "DISTILLERS",
     "SAMPLE_ROWS",
+    "ATDistiller",
     "BDKDDistiller",
+    "CRDDistiller",
+    "FeatureDistiller",
+    "FeatureError",
+    "FitNetDistiller",
+    "NDDistiller",
+    "PKTDistiller",
+    "RKDDistiller",
+    "ReviewKDDistiller",
+    "SPDistiller",
     "DMLDistiller",
     "Distiller",
     "DistillerOutput",
@@ -51,6 +72,7 @@ __all__ = [
     "check_method",
     "create_distiller",
     "distiller_hparams",
+    "feature_use",
     "features_and_logits",
     "method_hparams",
     "method_kind",
@@ -94,6 +116,13 @@ def method_kind(method: str) -> str:
     raise _unknown_method(method)
 
 
+def feature_use(method: str) -> str | None:
+    """Which features a feature method reads from a zoo model by default
+    (:data:`bdkd.models.taps.FEATURE_USES`), or None for a method that reads logits only."""
+    cls = DISTILLERS.get(method)
+    return getattr(cls, "feature_use", None) if cls is not None else None
+
+
 def check_method(method: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """``hparams`` checked against method ``method``'s declarations (HParamError naming
     the key: unknown, missing, wrong type, out of range)."""
@@ -109,6 +138,7 @@ def create_distiller(
     networks: Mapping[str, nn.Module],
     *,
     layout: RowLayout | None = None,
+    num_samples: int | None = None,
     **hparams: object,
 ) -> Distiller:
     """Build the distiller registered as ``method`` over ``networks`` with ``hparams``.
@@ -117,12 +147,17 @@ def create_distiller(
     ``offline``) builds that class; ``bdkd`` is the online method. A registered objective
     name (``kd``, ``dkd``, ..., ``bdkd_student``: BD-KD's student term from a frozen teacher)
     builds the offline distiller; its keys other than the offline distiller's own go to the
-    objective. No name is both. ``layout`` is the task's (default: one row per sample).
-    Hyper-parameters are checked against their declarations first (:func:`check_method`).
+    objective. No name is both. ``layout`` is the task's (default: one row per sample);
+    ``num_samples`` (the training set's size) goes to a method that declares it (CRD's
+    memory). Hyper-parameters are checked against their declarations first
+    (:func:`check_method`).
     """
     check_method(method, hparams)
     if method in DISTILLERS:
-        return DISTILLERS[method](networks, layout=layout, **hparams)
+        cls = DISTILLERS[method]
+        if "num_samples" in inspect.signature(cls.__init__).parameters:
+            hparams = {**hparams, "num_samples": num_samples}
+        return cls(networks, layout=layout, **hparams)
     own = {k: v for k, v in hparams.items() if k in OFFLINE_OWN}
     objective_kwargs = {k: v for k, v in hparams.items() if k not in OFFLINE_OWN}
     return OfflineDistiller(

@@ -17,7 +17,7 @@ every term; it knows nothing of any method, and a method knows nothing of the lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -109,6 +109,11 @@ class Distiller(nn.Module):
     """
 
     kind: ClassVar[str] = "offline"
+    cacheable: ClassVar[bool] = True
+    """Whether a frozen teacher's logits may come from a teacher-logit cache (False for
+    methods that read its features)."""
+    uses_index: ClassVar[bool] = False
+    """Whether ``forward`` takes ``index=``, each sample's position in the training set."""
 
     def __init__(
         self,
@@ -144,6 +149,11 @@ class Distiller(nn.Module):
         for name in self.frozen:
             self.networks[name].eval()
         return self
+
+    def prepare(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """Called once before a new run's first step with every training image (not
+        augmented) and its label, in batches; a method whose state is computed from the data
+        (ND's class means) computes it here. Its state is then saved in checkpoints."""
 
     def extra_modules(self, network: str) -> list[nn.Module]:
         """Modules owned by the method that train with ``network`` (e.g. an auxiliary head)."""
@@ -207,6 +217,10 @@ class Distiller(nn.Module):
 
 DISTILLERS: dict[str, type[Distiller]] = {}
 
+STRUCTURAL = ("layout", "num_samples")
+"""Constructor arguments the engine supplies from the run (not hyper-parameters): the
+task's row layout, the number of training samples (for methods with per-sample memory)."""
+
 
 def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator: make a Distiller selectable by ``name`` in :func:`create_distiller`."""
@@ -222,7 +236,7 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
 
 def distiller_hparams(cls: type[Distiller]) -> dict[str, HParam]:
     """The declared keyword hyper-parameters of a distiller class (its ``__init__``)."""
-    return declared(cls, skip=("layout",))
+    return declared(cls, skip=STRUCTURAL)
 
 
 def default_deployed(names: list[str], deployed: str | None) -> str:

@@ -16,7 +16,14 @@ from torch import nn
 from bdkd.config import Config, ConfigError, OptimConfig
 from bdkd.data import DataError, InMemoryLoader, Splits, StreamedLoader, load_dataset
 from bdkd.data.base import ArraySplit
-from bdkd.distillers import Distiller, HParamError, RowLayout, create_distiller
+from bdkd.distillers import (
+    Distiller,
+    FeatureError,
+    HParamError,
+    RowLayout,
+    create_distiller,
+    feature_use,
+)
 from bdkd.engine.checkpoint import CheckpointError, network_weights
 from bdkd.models import MODELS, create_model
 
@@ -132,6 +139,7 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
             except (ValueError, RuntimeError) as err:
                 first = str(err).splitlines()[0]
                 raise ConfigError(f"config key '{key}.feature_layer': {first}") from None
+        attach_features(cfg, name, net, info)
         if net_cfg.weights:
             try:
                 notes = load_weights(
@@ -160,15 +168,53 @@ def build_networks(cfg: Config, splits: Splits) -> dict[str, nn.Module]:
     return networks
 
 
-def build_distiller(
-    cfg: Config, networks: dict[str, nn.Module], layout: RowLayout | None = None
-) -> Distiller:
-    """The method's distiller (rows laid out as the task's ``layout``); a frozen network
-    must come with trained weights."""
+def attach_features(cfg: Config, name: str, net: nn.Module, info: Any) -> None:
+    """Feature taps on network ``name`` when the method reads features: the modules of
+    ``networks.<name>.features``, or the zoo model's defaults for the method; a name that
+    is no module, or a model without defaults, is one error naming the key."""
+    from bdkd.models.taps import TapError, attach_taps, default_taps
+
+    use = feature_use(cfg.method_name)
+    key = f"networks.{name}.features"
+    names = list(cfg.networks[name].features)
+    if use is None:  # a logit method: features named for other methods are not read
+        return
+    if not names:
+        names = default_taps(net, use)
+        if not names:
+            some = [n for n, _ in net.named_children()][:8]
+            raise ConfigError(
+                f"config key '{key}': method {cfg.method_name!r} reads features and model "
+                f"{cfg.networks[name].model!r} declares no default ones; name its modules, "
+                f"e.g. from {some}"
+            )
+    probe = torch.zeros(2, info.channels, info.image_size, info.image_size)
     try:
-        distiller = create_distiller(cfg.method_name, networks, layout=layout, **cfg.method_hparams)
+        net.tap_shapes = attach_taps(net, names, probe)
+    except (TapError, RuntimeError) as err:
+        raise ConfigError(f"config key '{key}': {str(err).splitlines()[0]}") from None
+
+
+def build_distiller(
+    cfg: Config,
+    networks: dict[str, nn.Module],
+    layout: RowLayout | None = None,
+    num_samples: int | None = None,
+) -> Distiller:
+    """The method's distiller (rows laid out as the task's ``layout``, ``num_samples``
+    training samples); a frozen network must come with trained weights."""
+    try:
+        distiller = create_distiller(
+            cfg.method_name,
+            networks,
+            layout=layout,
+            num_samples=num_samples,
+            **cfg.method_hparams,
+        )
     except HParamError as err:
         raise ConfigError(f"config key 'method.{err.key}': {err.message}") from None
+    except FeatureError as err:
+        raise ConfigError(f"config key '{err.key}': {err.message}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config key 'method': {err}") from None
     for name in distiller.frozen:

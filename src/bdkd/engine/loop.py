@@ -86,7 +86,9 @@ class Trainer:
         self.info = self.splits.info
         self.task = tasks.for_dataset(self.info)
         networks = build.build_networks(cfg, self.splits)
-        self.distiller = build.build_distiller(cfg, networks, self.task.layout).to(self.device)
+        self.distiller = build.build_distiller(
+            cfg, networks, self.task.layout, num_samples=len(self.splits.train)
+        ).to(self.device)
         self.augment = self.task.augment(cfg.data)
         self.loaders = build.build_loaders(
             cfg, self.splits, self.device, self.dist.rank, self.dist.world_size
@@ -124,21 +126,27 @@ class Trainer:
         self.run_id = self.life.run_id
         if state is not None:
             self._restore(state)
+        else:
+            self._prepare()
         self._frozen_val: Evaluation | None = None
 
     # ------------------------------------------------------------------ before the run
 
-    def _probe_batch(self) -> tuple[Tensor, Tensor]:
+    def _train_images(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Training samples ``start:stop`` on the device, not augmented, and their labels."""
         split = self.splits.train
-        count = min(2, len(split))
+        stop = min(stop, len(split))
         if hasattr(split, "images"):
-            images, labels = split.images[:count], split.labels[:count]
+            images, labels = split.images[start:stop], split.labels[start:stop]
         else:
-            items = [split[i] for i in range(count)]
+            items = [split[i] for i in range(start, stop)]
             images = torch.stack([im for im, _ in items])
             labels = torch.stack([torch.as_tensor(lb) for _, lb in items])
         x = self.augment(images.to(self.device), train=False)
         return x, labels.to(self.device).long()
+
+    def _probe_batch(self) -> tuple[Tensor, Tensor]:
+        return self._train_images(0, 2)
 
     def _dry_run(self) -> None:
         """Before the run directory is touched: every network once on two training images
@@ -178,7 +186,7 @@ class Trainer:
 
         try:
             self.life.rehearse(
-                lambda: self._step(x, labels, 0, None, diverged),
+                lambda: self._step(x, labels, 0, None, diverged, torch.arange(x.shape[0])),
                 [self.distiller],
                 self.optimizers.values(),
                 self.scaler,
@@ -192,10 +200,26 @@ class Trainer:
                 f"{_first_line(err)}; nothing was written"
             ) from err
 
+    def _prepare(self) -> None:
+        """A new run: :meth:`Distiller.prepare` on every training image, not augmented."""
+        n, size = len(self.splits.train), self.cfg.data.eval_batch_size
+        batches = (self._train_images(start, start + size) for start in range(0, n, size))
+        self.distiller.eval()
+        try:
+            with self._autocast():
+                self.distiller.prepare(batches)
+        finally:
+            self.distiller.train()
+
     def _open_cache(self) -> TeacherLogitCache | None:
         path = self.cfg.train.teacher_cache
         if not path:
             return None
+        if not self.distiller.cacheable:
+            raise ConfigError(
+                f"config key 'train.teacher_cache': method {self.cfg.method_name!r} reads the "
+                "teacher's features, so the teacher runs on every batch; remove the cache"
+            )
         if not self.task.supports_logit_cache:
             raise ConfigError(
                 "config key 'train.teacher_cache': the teacher-logit cache stores class logits "
@@ -292,11 +316,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
 
-    def _step(self, x: Tensor, labels: Tensor, epoch: int, cached: Any, diverged: Any) -> Any:
+    def _step(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        epoch: int,
+        cached: Any,
+        diverged: Any,
+        index: Tensor | None = None,
+    ) -> Any:
         """One training step on ``x``: forward through the distiller, the finiteness check
-        (``diverged(out)`` is raised when the loss is not finite), backward, optimizer steps."""
+        (``diverged(out)`` is raised when the loss is not finite), backward, optimizer steps.
+        ``index`` (the samples' positions in the training set) goes to a method that uses it."""
+        extra = {"index": index} if self.distiller.uses_index else {}
         with self._autocast():
-            out = self.step_module(x, labels, epoch, cached)
+            out = self.step_module(x, labels, epoch, cached, **extra)
         total = out.total()
         if not self._all_finite(total):
             raise diverged(out)
@@ -339,7 +373,7 @@ class Trainer:
             def diverged(out: Any, step: int = step) -> TrainingDiverged:
                 return self._diverged(out, epoch, step, len(loader))
 
-            out = self._step(x, labels, epoch, cached, diverged)
+            out = self._step(x, labels, epoch, cached, diverged, index)
             if fill_cache:
                 self.cache.write(epoch, index, out.logits["teacher"])
             n = labels.shape[0]

@@ -47,6 +47,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(ZooModel):
+    feature_stages = ("stages_.1", "stages_.2", "stages_.4", "stages_.6")
+
     def __init__(self, num_classes: int = 100, width: float = 0.5, expansion: int = 6) -> None:
         super().__init__()
         channels = int(32 * width)

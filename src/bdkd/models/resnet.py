@@ -34,6 +34,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(ZooModel):
     """ResNet for 32x32 inputs with ``filters = [stem, stage1, stage2, stage3]``."""
 
+    feature_stages = ("layer1", "layer2", "layer3")
+
     def __init__(
         self, depth: int, filters: list[int], num_classes: int = 100, in_channels: int = 3
     ) -> None:

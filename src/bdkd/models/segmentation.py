@@ -114,6 +114,8 @@ class _CifarBackbone(nn.Module):
 class UNet(nn.Module):
     """A three-level U-Net of width ``w``: encoder w, 2w, 4w; decoder with skips."""
 
+    feature_stages = ("enc1", "enc2", "enc3")
+
     def __init__(self, num_classes: int, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
         w = width

@@ -37,6 +37,8 @@ class V1Bottleneck(nn.Module):
 
 
 class ShuffleNetV1(ZooModel):
+    feature_stages = ("layers.0", "layers.1", "layers.2")
+
     def __init__(
         self,
         num_classes: int = 100,
@@ -104,6 +106,8 @@ class V2Down(nn.Module):
 
 
 class ShuffleNetV2(ZooModel):
+    feature_stages = ("layers.0", "layers.1", "layers.2")
+
     def __init__(
         self,
         num_classes: int = 100,

@@ -26,6 +26,8 @@ def _stage(inp: int, out: int) -> nn.Sequential:
 class SmallCNN(ZooModel):
     """A three-stage CNN of width ``w``: channels w, 2w, 4w; any input size >= 8."""
 
+    feature_stages = ("stage1", "stage2", "stage3")
+
     def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         self.stage1 = _stage(in_channels, width)
@@ -43,6 +45,8 @@ class SmallCNN(ZooModel):
 
 class MLP(ZooModel):
     """``flatten -> Linear(hidden) -> ReLU -> Linear(hidden) -> ReLU -> Linear(classes)``."""
+
+    feature_stages = ("fc1", "fc2")
 
     def __init__(self, num_classes: int = 10, hidden: int = 128, in_features: int = 64) -> None:
         super().__init__()

@@ -27,6 +27,8 @@ def _block(widths: list[int], in_channels: int) -> nn.Sequential:
 
 
 class VGG(ZooModel):
+    feature_stages = ("blocks.1", "blocks.2", "blocks.3", "blocks.4")
+
     def __init__(self, config: list[list[int]], num_classes: int = 100) -> None:
         super().__init__()
         blocks, in_channels = [], 3

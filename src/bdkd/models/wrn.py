@@ -31,6 +31,8 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(ZooModel):
+    feature_stages = ("block1", "block2", "block3")
+
     def __init__(
         self, depth: int, widen: int, num_classes: int = 100, drop_rate: float = 0.0
     ) -> None:

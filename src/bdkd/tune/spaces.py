@@ -8,7 +8,8 @@ method's declared range (:mod:`bdkd.hparams`) before anything trains.
 
 The defaults (:data:`DEFAULT_SPACES`) are the methods benchmark's: each method's
 temperature over {1, 2, 4} times two values of its one main knob, six settings each (USKD,
-which has no temperature, six settings of its weights). A method without a default space
+which has no temperature, six settings of its weights; a feature method, six settings of
+its feature weight, or three times two of a second knob). A method without a default space
 uses the ``space`` of its declared ranges, if any. A user's YAML (``--space FILE``)
 replaces a method's space, or adds a variant: an entry with ``method:`` (``bdkd_soft:
 {method: bdkd, label: ..., space: {...}}``).
@@ -61,6 +62,17 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "dml": {"temperature": TEMPERATURES, "kl_weight": [0.5, 1.0]},
     "kdcl": {"temperature": TEMPERATURES, "ensemble": ["mean", "min_logit"]},
     "bdkd": {"temperature": TEMPERATURES, "rule": ["hard"], "low": [1.0], "high": [2.0, 3.0]},
+    "fitnet": {"feature_weight": [3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]},
+    "at": {"feature_weight": [30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0]},
+    "sp": {"feature_weight": [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
+    "rkd": {
+        "feature_weight": [0.3, 1.0, 3.0],
+        "distance_weight,angle_weight": [[25.0, 50.0], [25.0, 0.0]],
+    },
+    "pkt": {"feature_weight": [1e3, 3e3, 1e4, 3e4, 1e5, 3e5]},
+    "crd": {"feature_weight": [0.2, 0.8, 3.2], "nce_t": [0.07, 0.2]},
+    "nd": {"feature_weight": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
+    "reviewkd": {"feature_weight": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
     "scratch": {},
 }
 
@@ -93,6 +105,14 @@ LABELS = {
     "dml": "DML",
     "kdcl": "KDCL",
     "bdkd": "BD-KD",
+    "fitnet": "FitNet",
+    "at": "AT",
+    "sp": "SP",
+    "rkd": "RKD",
+    "pkt": "PKT",
+    "crd": "CRD",
+    "nd": "ND",
+    "reviewkd": "ReviewKD",
     "forward_kl": "forward KL",
     "reverse_kl": "reverse KL",
     "total_variation": "total variation",
