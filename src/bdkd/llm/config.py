@@ -106,6 +106,17 @@ class ObjectiveConfig:
 
 
 @dataclass
+class LLMHiddenConfig:
+    weight: float = spec(0.0, ge=0, doc="hidden-state distillation's weight (0: off)")
+    loss: str = spec("cosine", choices=("cosine", "mse"), doc="per token: 1 - cos, or MSE")
+    layers: list[list[int]] = spec(
+        default_factory=list,
+        doc="[student, teacher] pairs of hidden_states indices (0 embeddings, -1 the last); "
+        "empty: the last of each",
+    )
+
+
+@dataclass
 class LLMTrainConfig:
     steps: int = spec(200, ge=1, doc="optimizer steps")
     micro_batch: int = spec(8, ge=1, doc="texts per forward (shared by the processes)")
@@ -171,6 +182,7 @@ class LLMConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     data: LMDataConfig = field(default_factory=LMDataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    hidden: LLMHiddenConfig = field(default_factory=LLMHiddenConfig)
     train: LLMTrainConfig = field(default_factory=LLMTrainConfig)
     schedule: LLMScheduleConfig = field(default_factory=LLMScheduleConfig)
     output: LLMOutputConfig = field(default_factory=LLMOutputConfig)
@@ -213,6 +225,20 @@ def validate_llm_config(data: dict[str, Any]) -> LLMConfig:
         raise ConfigError("config key 'student.layers': list at least one teacher layer")
     if not cfg.data.files:
         raise ConfigError("config key 'data.files': list at least one data file")
+    if cfg.hidden.weight > 0 and cfg.train.teacher_cache:
+        raise ConfigError(
+            "config key 'hidden.weight': hidden-state distillation needs the teacher's hidden "
+            "states; a teacher cache holds its top-k tokens only (remove train.teacher_cache)"
+        )
+    if cfg.hidden.weight > 0 and cfg.train.parallel == "fsdp":
+        raise ConfigError(
+            "config key 'hidden.weight': hidden-state distillation runs under DDP, not FSDP "
+            "(set train.parallel: ddp)"
+        )
+    if any(len(pair) != 2 for pair in cfg.hidden.layers):
+        raise ConfigError(
+            "config key 'hidden.layers': each entry is [student layer, teacher layer]"
+        )
     if cfg.train.teacher_cache and cfg.train.on_policy_fraction > 0:
         raise ConfigError(
             "config key 'train.teacher_cache': a cached teacher cannot score the student's own "

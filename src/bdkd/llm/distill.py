@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from bdkd.llm.batch import LMBatch, TopKTeacher
 from bdkd.llm.fused import fused_linear_divergence, fused_linear_topk_divergence
+from bdkd.llm.hidden import HiddenStates
 
 
 def logit_postprocessing(model: nn.Module) -> tuple[float, float | None]:
@@ -146,7 +147,8 @@ class CausalLMDistiller(nn.Module):
     ``objective`` is any of :data:`bdkd.llm.TOKEN_OBJECTIVES` (its hyper-parameters in
     ``params``); ``distill_weight`` scales it and ``ce_weight`` adds the student's next-token
     cross-entropy, computed in the same fused pass. ``teacher`` may be None when every
-    batch comes with its cached top-k teacher.
+    batch comes with its cached top-k teacher. ``hidden`` adds hidden-state distillation
+    (:class:`bdkd.llm.hidden.HiddenStates`, its projections owned here), term ``hidden``.
     """
 
     def __init__(
@@ -160,10 +162,12 @@ class CausalLMDistiller(nn.Module):
         ce_weight: float = 0.0,
         chunk_size: int = 1024,
         vocab: int | None = None,
+        hidden: HiddenStates | None = None,
         **params: float,
     ) -> None:
         super().__init__()
         self.student, self.teacher, self.vocab = student, teacher, vocab
+        self.hidden = hidden
         if teacher is not None:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -192,26 +196,37 @@ class CausalLMDistiller(nn.Module):
         mask = batch.target_mask()
         s_decoder, _ = decoder_and_head(self.student)
         t_hidden = None
+        if cached is not None and self.hidden is not None:
+            raise ValueError("hidden-state distillation needs the live teacher, not a cache")
         if cached is None and self.teacher is None:
             raise ValueError("no teacher: pass the batch's cached top-k teacher (cached=)")
         if cached is None:
             t_decoder, _ = decoder_and_head(self.teacher)
 
-            def teacher_hidden() -> Tensor:
+            def teacher_hidden() -> Any:
                 return t_decoder(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
-                ).last_hidden_state[:, :-1]
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    output_hidden_states=self.hidden is not None,
+                )
 
             with torch.no_grad():
-                t_hidden = (
-                    through(self.teacher, teacher_hidden) if self.sharded else teacher_hidden()
-                )
+                t_out = through(self.teacher, teacher_hidden) if self.sharded else teacher_hidden()
+            t_hidden = t_out.last_hidden_state[:, :-1]
         stats: dict[str, Tensor] = {}
+        extra: dict[str, Tensor] = {}
 
         def student_loss() -> Tensor:
-            s_hidden = s_decoder(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).last_hidden_state[:, :-1]
+            s_out = s_decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                output_hidden_states=self.hidden is not None,
+            )
+            s_hidden = s_out.last_hidden_state[:, :-1]
+            if self.hidden is not None:
+                cut = [h[:, :-1] for h in s_out.hidden_states]
+                t_cut = [h[:, :-1] for h in t_out.hidden_states]
+                extra["hidden"] = self.hidden(cut, t_cut, mask, normalizer)
             return distill_hidden(
                 self.student,
                 self.teacher,
@@ -233,9 +248,9 @@ class CausalLMDistiller(nn.Module):
 
         total = through(self.student, student_loss) if self.sharded else student_loss()
         if not self.ce_weight:
-            return {self.objective: total}
+            return {self.objective: total, **extra}
         ce = stats.get("ce", torch.zeros((), device=total.device))
-        return {self.objective: total - ce, "ce": ce}
+        return {self.objective: total - ce, "ce": ce, **extra}
 
 
 def accumulate_step(

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 import yaml
 
+from bdkd.config import ConfigError
 from bdkd.data.augment import epoch_seed
 from bdkd.engine import distributed
 from bdkd.engine.build import autocast_factory, build_schedule
 from bdkd.engine.callbacks import Callback
-from bdkd.engine.checkpoint import CheckpointError, set_rng_state
+from bdkd.engine.checkpoint import CheckpointError, load_network_state, set_rng_state
 from bdkd.engine.lifecycle import RunLifecycle, TrainingDiverged
 from bdkd.engine.progress import Progress
 from bdkd.files import write_text
@@ -48,6 +49,7 @@ from bdkd.llm.config import LLMConfig, check_inputs, validate_llm_config
 from bdkd.llm.data import collate, prompt_batch
 from bdkd.llm.distill import CausalLMDistiller, accumulate_step, sample_student
 from bdkd.llm.evaluate import evaluate_lm, greedy, lm_report, strip_after_eos
+from bdkd.llm.hidden import build_hidden
 from bdkd.llm.metrics import TokenMetrics, mean_rouge_l
 from bdkd.llm.objectives import effective_objective
 from bdkd.llm.parallel import (
@@ -103,7 +105,11 @@ class LLMTrainer:
         check_built_positions(cfg, self.built)
         check_calibration_split(cfg, self.built)
         self.cache = open_teacher_cache(cfg, self.built)
-        t = cfg.objective
+        t, h = cfg.objective, cfg.hidden
+        try:
+            hidden = build_hidden(student, teacher, weight=h.weight, loss=h.loss, layers=h.layers)
+        except ValueError as err:
+            raise ConfigError(f"config key 'hidden.layers': {err}") from None
         self.distiller = CausalLMDistiller(
             student,
             teacher,
@@ -113,14 +119,17 @@ class LLMTrainer:
             ce_weight=t.ce_weight,
             chunk_size=tc.chunk_size,
             vocab=vocab,
+            hidden=hidden,
             **t.params,
         ).to(self.device)
         self.parallel, self.step_module = setup_parallel(
             cfg, self.distiller, self.device, self.life.group
         )
         self.autocast = autocast_factory(self.device, tc.precision)
-        trainable = [p for p in student.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+        groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
+        if hidden is not None:  # the projections train with the student's optimizer
+            groups.append({"params": list(hidden.parameters())})
+        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = build_schedule(self.optimizer, cfg.schedule, tc.steps)
         self._dry_run()
         self.start, self.elapsed = 0, 0.0
@@ -161,7 +170,8 @@ class LLMTrainer:
                 world_size=parallel.world,
             )
 
-        terms = self.life.rehearse(step, [self.student], [self.optimizer])
+        modules = [self.student, *([self.distiller.hidden] if self.distiller.hidden else [])]
+        terms = self.life.rehearse(step, modules, [self.optimizer])
         bad = [k for k, v in terms.items() if not (v == v and abs(v) != float("inf"))]
         t = self.cfg.objective
         self.life.check_finite(
@@ -176,6 +186,8 @@ class LLMTrainer:
         where = f"checkpoint {self.checkpoint_path}"
         try:
             load_full_state(self.student, self.optimizer, state, self.parallel, where)
+            if self.distiller.hidden is not None:
+                load_network_state(self.distiller.hidden, state["extra"]["hidden"], where)
             if "schedulers" in state:
                 self.scheduler.load_state_dict(state["schedulers"]["student"])
             else:  # format 2: a constant learning rate, nothing to restore
@@ -296,6 +308,8 @@ class LLMTrainer:
             "seconds": time.perf_counter() - began,
         }
         model_state = full_state(self.student, self.parallel)
+        hidden = self.distiller.hidden
+        extra = {} if hidden is None else {"hidden": {k: v.detach().cpu() for k, v in hidden.state_dict().items()}}  # fmt: skip
         optimizer_state = full_optimizer_state(self.student, self.optimizer, self.parallel)
         if self.parallel.main:
             self.life.log(record)
@@ -307,6 +321,7 @@ class LLMTrainer:
                     "step": step + 1,
                     "deployed": "student",
                     "networks": {"student": model_state},
+                    "extra": extra,
                     "optimizers": {"student": optimizer_state},
                     "schedulers": {"student": self.scheduler.state_dict()},
                     "seconds": record["seconds"],
