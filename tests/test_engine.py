@@ -455,3 +455,16 @@ def test_checkpoint_network_picks_a_named_network_of_another_run(tmp_path):
     loaded = _final_state(run)["networks"]["student"]
     for key, value in state["networks"]["teacher"].items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=1e-9)
+
+
+def test_channels_last_trains_what_the_default_layout_trains(tmp_path):
+    """train.channels_last changes the memory layout of the networks and batches, not what
+    is computed: the same run's test metrics agree to float precision."""
+    args = [str(CONFIGS / "scratch.yaml"), *FAST, "networks.student.model=cnn_tiny"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *args, "--out", str(a)]) == 0
+    assert main(["train", *args, "train.channels_last=true", "--out", str(b)]) == 0
+    ra = json.loads((a / "summary.json").read_text())["results"]["student"]
+    rb = json.loads((b / "summary.json").read_text())["results"]["student"]
+    for key in ("accuracy", "nll", "ece"):
+        assert ra[key] == pytest.approx(rb[key], rel=1e-3, abs=1e-4), key

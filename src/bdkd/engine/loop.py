@@ -103,6 +103,8 @@ class Trainer:
         }
         self._autocast = build.autocast_factory(self.device, cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        if cfg.train.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
         if cfg.train.compile:
             for net in self.distiller.networks.values():
                 net.forward = torch.compile(net.forward)
@@ -316,19 +318,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
 
-    def _step(
-        self,
-        x: Tensor,
-        labels: Tensor,
-        epoch: int,
-        cached: Any,
-        diverged: Any,
-        index: Tensor | None = None,
+    def _step(  # fmt: skip
+        self, x: Tensor, labels: Tensor, epoch: int, cached: Any, diverged: Any, index: Any = None
     ) -> Any:
         """One training step on ``x``: forward through the distiller, the finiteness check
         (``diverged(out)`` is raised when the loss is not finite), backward, optimizer steps.
         ``index`` (the samples' positions in the training set) goes to a method that uses it."""
         extra = {"index": index} if self.distiller.uses_index else {}
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.step_module(x, labels, epoch, cached, **extra)
         total = out.total()
