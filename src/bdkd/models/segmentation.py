@@ -1,6 +1,7 @@
 """Segmentation networks: logits (N, C, H, W) at the input's resolution.
 
-- ``seg_unet`` (``width``): a small U-Net (three levels, skip connections), for CPUs.
+- ``seg_unet`` (``width``): a small U-Net (three levels, skip connections), for CPUs;
+  ``unet_encoder`` is its encoder as a classifier, to pretrain it by classification.
 - ``seg_deeplab_<resnet>`` / ``seg_psp_<resnet>`` for the CIFAR zoo's ResNets
   (``resnet8``, ``resnet20``, ``resnet32``, ``resnet56``, ``resnet8x4``, ...): the ResNet's
   stages as the backbone (output stride 4) with a DeepLabV3-style ASPP head (atrous rates
@@ -136,6 +137,45 @@ class UNet(nn.Module):
         d2 = self.dec2(torch.cat([up, e2], 1))
         up = F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.dec1(torch.cat([up, e1], 1)))
+
+
+class UNetEncoder(nn.Module):
+    """The U-Net's encoder (``enc1``-``enc3``, the same modules and names) with global
+    pooling and a linear ``head``: a classifier whose weights load into ``seg_unet`` of the
+    same width (``weights_strict: false``: the decoder and the 1x1 classifier stay new), so a
+    segmentation student starts from an encoder pretrained by classification."""
+
+    feature_stages = ("enc1", "enc2", "enc3")
+
+    def __init__(self, num_classes: int, width: int = 8, in_channels: int = 3) -> None:
+        super().__init__()
+        w = width
+        self.enc1 = nn.Sequential(_conv_bn(in_channels, w), _conv_bn(w, w))
+        self.enc2 = nn.Sequential(_conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w))
+        self.enc3 = nn.Sequential(_conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w))
+        self.head = nn.Linear(4 * w, num_classes)
+        self.num_classes, self.feature_dim = num_classes, 2 * w
+        init_weights(self)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(enc2's output, enc3's output): the encoder as the U-Net runs it."""
+        e2 = self.enc2(F.max_pool2d(self.enc1(x), 2))
+        return e2, self.enc3(F.max_pool2d(e2, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encode(x)[1].mean(dim=(2, 3)))
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        e2, e3 = self.encode(x)
+        return e2.mean(dim=(2, 3)), self.head(e3.mean(dim=(2, 3)))
+
+
+@register_model("unet_encoder", input_size=28)
+def unet_encoder(num_classes: int = 10, width: int = 8, in_channels: int = 3) -> UNetEncoder:
+    """The U-Net's encoder as a classifier, for pretraining (see :class:`UNetEncoder`)."""
+    if width < 1:
+        raise ValueError(f"unet_encoder width must be >= 1, got {width}")
+    return UNetEncoder(num_classes, width, in_channels)
 
 
 @register_model("seg_unet", input_size=64, task="segmentation")
