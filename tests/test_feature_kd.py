@@ -282,6 +282,22 @@ def test_every_method_trains_its_connectors_with_the_student(method):
     assert all(p.grad is None for p in d.networks["teacher"].parameters())
 
 
+def test_fitnet_pairs_a_map_with_a_vector_through_a_linear_connector():
+    """A teacher map against a student embedding: the map is pooled, the connector linear."""
+    teacher, student = create_model("cnn_small", 10, in_channels=1), create_model("cnn_tiny", 10, in_channels=1)  # fmt: skip
+    teacher.tap_shapes = attach_taps(teacher, ["stage2"], torch.zeros(2, 1, 8, 8))
+    student.tap_shapes = attach_taps(student, ["classifier:in"], torch.zeros(2, 1, 8, 8))
+    d = create_distiller("fitnet", {"teacher": teacher, "student": student})
+    assert isinstance(d.connectors[0], nn.Linear)
+    x = torch.randn(4, 1, 8, 8)
+    out = d(x, torch.randint(0, 10, (4,)))
+    with torch.no_grad():
+        fs, _ = student.forward_with_taps(x)
+        ft, _ = teacher.forward_with_taps(x)
+        want = ((d.connectors[0](fs[0]) - ft[0].mean(dim=(2, 3))) ** 2).mean() * 100
+    assert out.losses["student"]["fitnet"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
 def test_feature_method_with_a_logit_term_and_bad_settings():
     d = _pair("fitnet", logit="bdkd", logit_kwargs={"temperature": 2.0})
     out = d(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))

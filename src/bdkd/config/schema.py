@@ -217,7 +217,8 @@ class TrainConfig:
     grad_clip: float | None = spec(None, gt=0, doc="clip each network's gradient norm")
     compile: bool = spec(False, doc="torch.compile every network's forward")
     channels_last: bool = spec(
-        False, doc="networks and image batches in channels-last memory format (faster convs on GPUs)"
+        False,
+        doc="networks and image batches in channels-last memory format (faster convs on GPUs)",
     )
     progress: bool = spec(True, doc="a progress line per epoch")
     threads: int | None = spec(None, ge=1, le=4096, doc="torch CPU threads")

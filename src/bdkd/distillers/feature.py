@@ -294,11 +294,10 @@ class FitNetDistiller(ConnectedDistiller):
     ) -> dict[str, Tensor]:
         total = student[0].new_zeros((), dtype=torch.float32)
         for conn, fs, ft in zip(self.connectors, student, teacher, strict=True):
-            fs = conn(fs if fs.dim() == 4 else fs.flatten(1))
-            if fs.dim() == 4 and ft.dim() == 4:
-                fs, ft = match_size(fs, ft)
+            if isinstance(conn, nn.Linear):  # vectors (a map on either side is pooled)
+                fs, ft = conn(as_vector(fs)), as_vector(ft)
             else:
-                fs, ft = as_vector(fs), as_vector(ft)
+                fs, ft = match_size(conn(fs), ft)
             total = total + hint_loss(fs, ft)
         return {self.term: total}
 
