@@ -486,3 +486,22 @@ def test_two_process_crd_matches_one_process(digits_teacher, tmp_path):
         torch.testing.assert_close(value, b["extra"][key], rtol=1e-4, atol=1e-5, msg=key)
     for key, value in a["networks"]["student"].items():
         torch.testing.assert_close(value, b["networks"]["student"][key], rtol=1e-4, atol=1e-5, msg=key)  # fmt: skip
+
+
+def test_tune_gives_feature_methods_the_live_teacher(tmp_path):
+    """bdkd tune shares a teacher-logit cache among offline trials; a feature method reads
+    the teacher's features, so its trials get none (they failed before)."""
+    from bdkd.config import read_yaml
+    from bdkd.tune.spaces import default_space
+    from bdkd.tune.trials import method_trial
+
+    config = read_yaml(CONFIGS / "kd.yaml")
+    trials = {
+        m: method_trial(
+            tmp_path, config, default_space(m), {}, 0, "sweep", teacher=None, cache=True
+        )
+        for m in ("kd", "fitnet", "crd")
+    }
+    assert "teacher_cache" in trials["kd"].config["train"] and trials["kd"].offline
+    for m in ("fitnet", "crd"):
+        assert "teacher_cache" not in trials[m].config["train"] and not trials[m].offline

@@ -74,6 +74,7 @@ __all__ = [
     "distiller_hparams",
     "feature_use",
     "features_and_logits",
+    "method_cacheable",
     "method_hparams",
     "method_kind",
     "register_distiller",
@@ -114,6 +115,13 @@ def method_kind(method: str) -> str:
     if method in image_objectives():
         return "offline"
     raise _unknown_method(method)
+
+
+def method_cacheable(method: str) -> bool:
+    """Whether a run of ``method`` may take its frozen teacher's logits from a teacher-logit
+    cache (:attr:`Distiller.cacheable`; False for methods that read the teacher's features)."""
+    cls = DISTILLERS.get(method)
+    return True if cls is None else cls.cacheable
 
 
 def feature_use(method: str) -> str | None:

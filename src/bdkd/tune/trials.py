@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bdkd.distillers import method_cacheable
 from bdkd.files import make_dirs
 from bdkd.tune.spaces import Space
 
@@ -129,7 +130,8 @@ def method_trial(
             deps.append(teacher.dir)
         cfg["networks"] = {"teacher": t, "student": copy.deepcopy(nets["student"])}
     cfg["train"].pop("teacher_cache", None)
-    if space.kind == "offline" and cache:
+    cache = cache and space.kind == "offline" and method_cacheable(space.method)
+    if cache:
         key = config_hash({"teacher": cfg["networks"]["teacher"], "data": cfg.get("data")}, out)
         cfg["train"]["teacher_cache"] = str(out / f"seed{seed}" / f"teacher-cache-{key}")
         cfg["train"].setdefault("teacher_cache_dtype", "fp32")
@@ -142,7 +144,7 @@ def method_trial(
         entry=space.name,
         setting=dict(setting),
         deps=deps,
-        offline=space.kind == "offline" and cache,
+        offline=cache,
     )
 
 
