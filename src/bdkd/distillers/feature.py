@@ -241,13 +241,20 @@ class FeatureDistiller(Distiller):
 class ConnectedDistiller(FeatureDistiller):
     """A feature method with one connector per student feature (FitNet, ND's projection)."""
 
-    def build_connectors(self, *, always: bool) -> None:
+    def build_connectors(self, *, always: bool, vectors: bool = False) -> None:
+        """One connector per feature pair (``always``, or only where the widths differ; the
+        identity elsewhere); ``vectors``: linear on the pooled features, whatever their shape."""
         self.check_pairs()
+
+        def make(s: Sequence[int], t: Sequence[int]) -> nn.Module:
+            if not always and feature_width(s) == feature_width(t):
+                return nn.Identity()
+            if vectors:
+                return nn.Linear(feature_width(s), feature_width(t))
+            return connector(s, t)
+
         pairs = zip(self.shapes["student"], self.shapes["teacher"], strict=True)
-        self.connectors = nn.ModuleList(
-            connector(s, t) if always or feature_width(s) != feature_width(t) else nn.Identity()
-            for s, t in pairs
-        )
+        self.connectors = nn.ModuleList(make(s, t) for s, t in pairs)
 
     def extra_modules(self, network: str) -> list[nn.Module]:
         return [self.connectors] if network == "student" else []

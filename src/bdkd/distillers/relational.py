@@ -144,7 +144,7 @@ class NDDistiller(ConnectedDistiller):
             warmup_epochs=warmup_epochs,
             layout=layout,
         )
-        self.build_connectors(always=False)
+        self.build_connectors(always=False, vectors=True)
         classes = num_classes or getattr(networks["teacher"], "num_classes", None)
         if not isinstance(classes, int):
             raise ValueError("nd needs num_classes (set it on the teacher or pass num_classes=)")

@@ -62,8 +62,8 @@ def _split(name: str) -> tuple[str, bool]:
 def attach_taps(model: nn.Module, names: list[str], probe: Tensor) -> list[tuple[int, ...]]:
     """Give ``model`` ``forward_with_taps(x) -> (list of features, logits)`` reading modules
     ``names`` (in that order) and return each feature's shape without the batch dimension,
-    measured on ``probe``. A name that is not a submodule is a :class:`TapError` listing
-    the closest module names."""
+    measured on ``probe`` (and ``num_classes`` from its logits, when the model has none). A
+    name that is not a submodule is a :class:`TapError` listing the closest module names."""
     modules = dict(model.named_modules())
     slots: list[list[Tensor]] = [[] for _ in names]
     listening = [False]
@@ -105,7 +105,9 @@ def attach_taps(model: nn.Module, names: list[str], probe: Tensor) -> list[tuple
     model.eval()
     try:
         with torch.no_grad():
-            features, _ = model.forward_with_taps(probe)
+            features, logits = model.forward_with_taps(probe)
     finally:
         model.train(was_training)
+    if not isinstance(getattr(model, "num_classes", None), int):
+        model.num_classes = int(logits.shape[1])
     return [tuple(f.shape[1:]) for f in features]
