@@ -99,3 +99,23 @@ def test_the_demo_runs_the_benchmarks_calibration_regime():
         assert set(models.values()) <= {"cnn_medium", "cnn_small"}
         if "student" in models:
             assert models["student"] == "cnn_small"
+
+
+def test_the_feature_methods_run_the_benchmarks_calibration_regime():
+    """benchmarks/features/regime1.yaml is regime 1 of benchmarks/methods (same data,
+    optimiser, schedule, epochs, evaluation, networks), and its spaces file is valid."""
+    from bdkd.config import read_yaml, validate
+    from bdkd.tune import read_spaces
+
+    bench = ROOT.parent / "benchmarks"
+    base = read_yaml(bench / "methods" / "configs" / "regime1_base.yaml")
+    features = read_yaml(bench / "features" / "regime1.yaml")
+    for key in ("data", "optim", "schedule", "train", "eval"):
+        assert features[key] == base[key], key
+    cfg = validate(features)
+    assert {n: net.model for n, net in cfg.networks.items()} == {
+        "teacher": "cnn_medium",
+        "student": "cnn_small",
+    }
+    spaces = read_spaces(read_yaml(bench / "features" / "spaces.yaml"))
+    assert set(spaces) == {"crd", "reviewkd"}
