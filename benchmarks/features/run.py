@@ -7,7 +7,8 @@ Fashion-MNIST, 2,000 training images, no augmentation, SGD + cosine, 40 epochs; 
 teacher, cnn_small student): the student alone, KD, BD-KD and FitNet, AT, SP, RKD, PKT, CRD,
 ND and ReviewKD, six settings each from bdkd tune's default spaces (benchmarks/features/
 spaces.yaml for CRD's memory size and ReviewKD's warm-up), chosen on seed 0's validation split
-by top-1 and by NLL, then five report seeds. Runs are kept under benchmarks/runs/features
+by top-1 (the methods benchmark also selects by NLL; not run here, for time), then five
+report seeds. Runs are kept under benchmarks/runs/features
 (resumable, finished runs reused). Writes docs/results/feature_methods.md (and its reliability
 figure) and benchmarks/results/feature_methods_regime1.json; a hand-written "## Reading" in the
 page is kept when it is regenerated.
@@ -46,7 +47,7 @@ def main() -> None:
         out=out,
         budget=6,
         seeds=5,
-        select=["top1", "nll"],
+        select=["top1"],
         backend="local",
         max_concurrent=args.workers,
         spaces=read_yaml(HERE / "spaces.yaml"),

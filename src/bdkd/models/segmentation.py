@@ -171,8 +171,8 @@ class UNetEncoder(nn.Module):
 
 
 @register_model("unet_encoder", input_size=28)
-def unet_encoder(num_classes: int = 10, width: int = 8, in_channels: int = 3) -> UNetEncoder:
-    """The U-Net's encoder as a classifier, for pretraining (see :class:`UNetEncoder`)."""
+def unet_encoder(num_classes: int = 10, width: int = 8, in_channels: int = 1) -> UNetEncoder:
+    """The U-Net's encoder as a classifier of grey items, for pretraining (:class:`UNetEncoder`)."""
     if width < 1:
         raise ValueError(f"unet_encoder width must be >= 1, got {width}")
     return UNetEncoder(num_classes, width, in_channels)
