@@ -75,7 +75,7 @@ def test_resume_under_ddp(tmp_path):
     args = [
         "train.epochs=4",
         "train.progress=false",
-        "data.train_size=1280",
+        "data.train_size=640",
         "data.batch_size=8",
         "train.threads=1",
     ]
