@@ -34,9 +34,10 @@ def test_a_pretrained_encoder_loads_into_the_unet_and_gives_its_features(tmp_pat
     encoder.eval(), seg.eval()
     x = torch.randn(3, 1, 64, 64)
     with torch.no_grad():
-        want = encoder.encode(x)[1]
+        want = encoder.encode(x)
         e1 = seg.enc1(x)
-        got = seg.enc3(torch.nn.functional.max_pool2d(seg.enc2(torch.nn.functional.max_pool2d(e1, 2)), 2))  # fmt: skip
+        e2 = seg.enc2(torch.nn.functional.max_pool2d(e1, 2))
+        got = (e1, e2, seg.enc3(torch.nn.functional.max_pool2d(e2, 2)))
     torch.testing.assert_close(got, want)
     # a scenes student starts from it (the decoder and classifier new, noted on stderr)
     capsys.readouterr()

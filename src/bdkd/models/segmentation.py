@@ -112,17 +112,31 @@ class _CifarBackbone(nn.Module):
         return self.net.feature_map(x)
 
 
-class UNet(nn.Module):
-    """A three-level U-Net of width ``w``: encoder w, 2w, 4w; decoder with skips."""
+class _Encoder(nn.Module):
+    """The U-Net's three encoder stages ``enc1``-``enc3`` (widths w, 2w, 4w), shared by the
+    U-Net and its encoder-as-classifier so that their weights load into each other."""
 
     feature_stages = ("enc1", "enc2", "enc3")
+
+    def build_encoder(self, in_channels: int, w: int) -> None:
+        self.enc1 = nn.Sequential(_conv_bn(in_channels, w), _conv_bn(w, w))
+        self.enc2 = nn.Sequential(_conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w))
+        self.enc3 = nn.Sequential(_conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each stage's output (max-pooled by 2 between stages)."""
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        return e1, e2, self.enc3(F.max_pool2d(e2, 2))
+
+
+class UNet(_Encoder):
+    """A three-level U-Net of width ``w``: encoder w, 2w, 4w; decoder with skips."""
 
     def __init__(self, num_classes: int, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
         w = width
-        self.enc1 = nn.Sequential(_conv_bn(in_channels, w), _conv_bn(w, w))
-        self.enc2 = nn.Sequential(_conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w))
-        self.enc3 = nn.Sequential(_conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w))
+        self.build_encoder(in_channels, w)
         self.dec2 = nn.Sequential(_conv_bn(6 * w, 2 * w), _conv_bn(2 * w, 2 * w))
         self.dec1 = nn.Sequential(_conv_bn(3 * w, w), _conv_bn(w, w))
         self.classifier = nn.Conv2d(w, num_classes, 1)
@@ -130,43 +144,31 @@ class UNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        e3 = self.enc3(F.max_pool2d(e2, 2))
+        e1, e2, e3 = self.encode(x)
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
         d2 = self.dec2(torch.cat([up, e2], 1))
         up = F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.dec1(torch.cat([up, e1], 1)))
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(_Encoder):
     """The U-Net's encoder (``enc1``-``enc3``, the same modules and names) with global
     pooling and a linear ``head``: a classifier whose weights load into ``seg_unet`` of the
     same width (``weights_strict: false``: the decoder and the 1x1 classifier stay new), so a
     segmentation student starts from an encoder pretrained by classification."""
 
-    feature_stages = ("enc1", "enc2", "enc3")
-
     def __init__(self, num_classes: int, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
-        w = width
-        self.enc1 = nn.Sequential(_conv_bn(in_channels, w), _conv_bn(w, w))
-        self.enc2 = nn.Sequential(_conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w))
-        self.enc3 = nn.Sequential(_conv_bn(2 * w, 4 * w), _conv_bn(4 * w, 4 * w))
-        self.head = nn.Linear(4 * w, num_classes)
-        self.num_classes, self.feature_dim = num_classes, 2 * w
+        self.build_encoder(in_channels, width)
+        self.head = nn.Linear(4 * width, num_classes)
+        self.num_classes, self.feature_dim = num_classes, 2 * width
         init_weights(self)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(enc2's output, enc3's output): the encoder as the U-Net runs it."""
-        e2 = self.enc2(F.max_pool2d(self.enc1(x), 2))
-        return e2, self.enc3(F.max_pool2d(e2, 2))
-
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encode(x)[1].mean(dim=(2, 3)))
+        return self.head(self.encode(x)[2].mean(dim=(2, 3)))
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        e2, e3 = self.encode(x)
+        _, e2, e3 = self.encode(x)
         return e2.mean(dim=(2, 3)), self.head(e3.mean(dim=(2, 3)))
 
 
